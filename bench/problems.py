@@ -1,0 +1,63 @@
+"""Reference fixed-point problems shared by the solver benchmark and the solver tests."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+def tanh_map(systems: int, size: int, radius: float, dtype: torch.dtype = torch.float64,
+             seed: int = 0) -> tuple[Callable[[Tensor], Tensor], Tensor, dict[str, Tensor]]:
+    """f(z) = tanh(W z + U x + b), one W per system: W = radius * (random orthogonal), so W's spectral
+    norm and radius are both `radius` and the Jacobian's spectral radius at the fixed point is a bit below.
+    Returns (f, z0, tensors) where tensors holds W, U, x, b (leaves, for gradient tests)."""
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(systems, size, size, generator=gen, dtype=torch.float64))
+    tensors = {
+        "W": (radius * q).to(dtype),
+        "U": (torch.randn(systems, size, size, generator=gen, dtype=torch.float64) / math.sqrt(size)).to(dtype),
+        "x": torch.randn(systems, size, generator=gen, dtype=torch.float64).to(dtype),
+        "b": (0.1 * torch.randn(systems, size, generator=gen, dtype=torch.float64)).to(dtype),
+    }
+
+    def f(z: Tensor) -> Tensor:
+        t = tensors
+        return torch.tanh(torch.bmm(t["W"], z.unsqueeze(2)).squeeze(2)
+                          + torch.bmm(t["U"], t["x"].unsqueeze(2)).squeeze(2) + t["b"])
+
+    return f, torch.zeros(systems, size, dtype=dtype), tensors
+
+
+class CausalAttentionCell(nn.Module):
+    """f(z) = LayerNorm(z + gain * W_o CausalSelfAttention(LN(z)) + u): a small weight-tied causal
+    attention + LayerNorm map on (B, T, D). Position t's output depends only on positions <= t."""
+
+    def __init__(self, d_model: int, n_heads: int, gain: float = 1.0) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.gain = gain
+        self.norm_in = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.norm_out = nn.LayerNorm(d_model)
+
+    def forward(self, z: Tensor, u: Tensor) -> Tensor:
+        """One application of the cell with injection u (B, T, D)."""
+        b, t, d = z.shape
+        q, k, v = self.qkv(self.norm_in(z)).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        att = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.norm_out(z + self.gain * self.out(att.transpose(1, 2).reshape(b, t, d)) + u)
+
+
+def attention_problem(batch: int, length: int, d_model: int, n_heads: int = 4, gain: float = 1.0,
+                      dtype: torch.dtype = torch.float32,
+                      seed: int = 0) -> tuple[Callable[[Tensor], Tensor], Tensor, CausalAttentionCell, Tensor]:
+    """A causal attention + LayerNorm fixed point z = cell(z, u); returns (f, z0, cell, u)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    cell = CausalAttentionCell(d_model, n_heads, gain).to(dtype)
+    u = torch.randn(batch, length, d_model, generator=gen, dtype=torch.float64).to(dtype)
+    return (lambda z: cell(z, u)), torch.zeros(batch, length, d_model, dtype=dtype), cell, u

@@ -1,0 +1,1 @@
+"""deqseq: deep equilibrium sequence models."""

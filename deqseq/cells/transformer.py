@@ -1,0 +1,201 @@
+"""DEQ-Transformer cell (Bai et al. 2019, modernised): causal self-attention + FFN, RoPE, KV history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm as _weight_norm
+
+from .base import Cell, Context, History, variational_mask
+
+
+def rope_tables(
+    offset: int, length: int, dim: int, base: float = 10000.0, device=None, dtype=torch.float32
+) -> tuple[Tensor, Tensor]:
+    """cos and sin tables (length, dim//2) for absolute positions offset .. offset+length-1."""
+    # Angles in float64 for float64 models, float32 otherwise: positions are exact integers either way,
+    # so a table built at an offset equals the same rows of a table built from 0.
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    inv_freq = base ** (-torch.arange(0, dim, 2, device=device, dtype=work) / dim)
+    pos = torch.arange(offset, offset + length, device=device, dtype=work)
+    angles = pos[:, None] * inv_freq[None, :]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x (..., T, dim) by the tables (T, dim//2): pairs are (x[i], x[i + dim//2])."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def causal_window_mask(offset: int, hist_len: int, length: int, window: int | None, device=None) -> Tensor:
+    """Boolean mask (length, hist_len+length), True = may attend.
+
+    Queries are at absolute positions offset .. offset+length-1, keys at offset-hist_len .. offset+length-1;
+    query i sees key j iff max(0, i-window) <= j <= i (no lower bound when window is None).
+    """
+    q = torch.arange(offset, offset + length, device=device)[:, None]
+    k = torch.arange(offset - hist_len, offset + length, device=device)[None, :]
+    mask = k <= q
+    if window is not None:
+        mask = mask & (k >= q - window)
+    return mask
+
+
+@dataclass
+class TransformerHistory(History):
+    """Rotated keys and values (B, n_heads, L, head_dim) of the last L frozen positions (L <= window)."""
+
+    k: Tensor
+    v: Tensor
+
+
+@dataclass
+class TransformerContext(Context):
+    """Fixed inputs of one transformer solve."""
+
+    cos: Tensor  # (T, head_dim//2) rotary tables at the absolute positions being solved
+    sin: Tensor
+    mask: Tensor  # bool (T, L+T) or (B, 1, T, L+T), True = may attend
+    attn_drop: Tensor | None  # (B, 1, d_model) variational dropout masks, None when off
+    ff_drop: Tensor | None  # (B, 1, d_ff)
+
+
+class TransformerCell(Cell):
+    """Weight-tied causal transformer block f(z, ctx); the injection u is added to the q/k/v projections.
+
+    pre-LN (default): h = z + Attn(LN1(z)); out = LN_out(h + FFN(LN2(h)))
+    post-LN:          h = LN1(z + Attn(z));  out = LN2(h + FFN(h))
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        d_input: int,
+        dropout: float = 0.0,
+        norm: str = "pre",
+        weight_norm: bool = False,
+        window: int | None = None,
+        rope_base: float = 10000.0,
+    ):
+        super().__init__()
+        if norm not in ("pre", "post"):
+            raise ValueError(f"norm must be one of 'pre', 'post', got {norm!r}")
+        if d_model % n_heads or (d_model // n_heads) % 2:
+            raise ValueError(f"d_model={d_model} must split into n_heads={n_heads} heads of even size")
+        if window is not None and window < 0:
+            raise ValueError(f"window must be None or >= 0, got {window}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.state_dim = d_model
+        self.d_model, self.n_heads, self.head_dim, self.d_ff = d_model, n_heads, d_model // n_heads, d_ff
+        self.dropout, self.norm, self.window, self.rope_base = dropout, norm, window, rope_base
+        self.kv_projections = 0  # positions projected into the history so far (each frozen position once)
+
+        self.inject = nn.Linear(d_input, 3 * d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.ff1 = nn.Linear(d_model, d_ff)
+        self.ff2 = nn.Linear(d_ff, d_model)
+        self.ln1 = nn.LayerNorm(d_model)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.ln_out = nn.LayerNorm(d_model) if norm == "pre" else None
+        if weight_norm:
+            for name in ("inject", "qkv", "proj", "ff1", "ff2"):
+                setattr(self, name, _weight_norm(getattr(self, name)))
+
+    def empty_history(self, batch_size: int, device, dtype) -> TransformerHistory:
+        """No frozen keys/values yet (length-0 tensors), offset 0."""
+        shape = (batch_size, self.n_heads, 0, self.head_dim)
+        return TransformerHistory(
+            offset=0,
+            k=torch.zeros(shape, device=device, dtype=dtype),
+            v=torch.zeros(shape, device=device, dtype=dtype),
+        )
+
+    def prepare(
+        self, x: Tensor, history: TransformerHistory | None = None, attn_mask: Tensor | None = None
+    ) -> TransformerContext:
+        """Injection, rotary tables, attention mask and dropout masks for solving x's T positions."""
+        history = self._history_or_empty(x, history)
+        B, T, _ = x.shape
+        L = history.k.shape[2]
+        cos, sin = rope_tables(history.offset, T, self.head_dim, self.rope_base, x.device, x.dtype)
+        if attn_mask is None:
+            mask = causal_window_mask(history.offset, L, T, self.window, x.device)
+        else:
+            if (
+                attn_mask.dtype != torch.bool
+                or attn_mask.shape[-2:] != (T, L + T)
+                or attn_mask.dim() not in (2, 4)
+            ):
+                raise ValueError(
+                    f"attn_mask must be bool of shape (T, L+T) or (B, 1, T, L+T) = (.., {T}, {L + T}), "
+                    f"got {attn_mask.dtype} {tuple(attn_mask.shape)}"
+                )
+            mask = attn_mask.to(x.device)
+        attn_drop = ff_drop = None
+        if self.training and self.dropout > 0:
+            attn_drop = variational_mask((B, 1, self.d_model), self.dropout, x)
+            ff_drop = variational_mask((B, 1, self.d_ff), self.dropout, x)
+        return TransformerContext(
+            u=self.inject(x),
+            history=history,
+            cos=cos,
+            sin=sin,
+            mask=mask,
+            attn_drop=attn_drop,
+            ff_drop=ff_drop,
+        )
+
+    def _heads(self, t: Tensor) -> Tensor:
+        """(B, T, d_model) -> (B, n_heads, T, head_dim)."""
+        B, T, _ = t.shape
+        return t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def _attention(self, a: Tensor, ctx: TransformerContext) -> Tensor:
+        """Attention of the (normalised) state a over the history and the current positions."""
+        B, T, D = a.shape
+        q, k, v = (self.qkv(a) + ctx.u).split(D, dim=-1)
+        q = apply_rope(self._heads(q), ctx.cos, ctx.sin)
+        k = torch.cat([ctx.history.k, apply_rope(self._heads(k), ctx.cos, ctx.sin)], dim=2)
+        v = torch.cat([ctx.history.v, self._heads(v)], dim=2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask)
+        y = self.proj(y.transpose(1, 2).reshape(B, T, D))
+        return y if ctx.attn_drop is None else y * ctx.attn_drop
+
+    def _ffn(self, a: Tensor, ctx: TransformerContext) -> Tensor:
+        """Position-wise feed-forward with variational dropout on the hidden layer."""
+        hidden = F.gelu(self.ff1(a))
+        if ctx.ff_drop is not None:
+            hidden = hidden * ctx.ff_drop
+        return self.ff2(hidden)
+
+    def forward(self, z: Tensor, ctx: TransformerContext) -> Tensor:
+        """One application of the block to z (B, T, d_model)."""
+        if self.norm == "pre":
+            h = z + self._attention(self.ln1(z), ctx)
+            return self.ln_out(h + self._ffn(self.ln2(h), ctx))
+        h = self.ln1(z + self._attention(z, ctx))
+        return self.ln2(h + self._ffn(h, ctx))
+
+    def extend_history(self, ctx: TransformerContext, z_star: Tensor) -> TransformerHistory:
+        """Append the rotated keys and values of the frozen positions z_star, keeping the last `window`."""
+        B, T, D = z_star.shape
+        self._check_frozen(ctx, z_star)
+        a = self.ln1(z_star) if self.norm == "pre" else z_star
+        # Only the k and v rows of the qkv projection are needed here.
+        kv = F.linear(a, self.qkv.weight[D:], self.qkv.bias[D:]) + ctx.u[..., D:]
+        k, v = kv.split(D, dim=-1)
+        k = torch.cat([ctx.history.k, apply_rope(self._heads(k), ctx.cos, ctx.sin)], dim=2)
+        v = torch.cat([ctx.history.v, self._heads(v)], dim=2)
+        self.kv_projections += T
+        if self.window is not None:
+            keep = min(k.shape[2], self.window)
+            k, v = k[:, :, k.shape[2] - keep :], v[:, :, v.shape[2] - keep :]
+        return TransformerHistory(offset=ctx.history.offset + T, k=k, v=v)

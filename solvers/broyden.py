@@ -1,0 +1,68 @@
+"""Limited-memory good Broyden: low-rank inverse-Jacobian updates in preallocated ring buffers."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class Broyden:
+    """Inverse Jacobian estimate of g(x) = f(x) - x per system: B = -I + sum_i u_i v_i^T (rank <= memory).
+
+    u_i and v_i live in preallocated (S, memory, N) buffers written in place, so memory never grows with
+    the number of iterations. When they are full, policy "restart" (default) resets B to -I and refills;
+    "ring" overwrites the oldest pair, which keeps more curvature but breaks the chain of Sherman-Morrison
+    updates and, measured on attention cells, often stalls where a restart converges.
+    The step is dx = -B g, so the first step is a plain fixed-point step. B g is carried from one
+    iteration to the next (B dg = B g_new - B g), so an update costs two products with the buffers, not three.
+    """
+
+    def __init__(self, x0: Tensor, memory: int, policy: str = "restart") -> None:
+        systems, size = x0.shape
+        self.policy = policy
+        self.U = x0.new_zeros(systems, memory, size)
+        self.V = x0.new_zeros(systems, memory, size)
+        self.memory = memory
+        self.count = 0
+        self.Bg: Tensor | None = None
+
+    def _filled(self) -> tuple[Tensor, Tensor]:
+        n = min(self.count, self.memory)
+        return self.U[:, :n], self.V[:, :n]
+
+    @staticmethod
+    def _apply(y: Tensor, left: Tensor, right: Tensor) -> Tensor:
+        """-y + sum_i left_i (right_i . y); a (S,1,N) x (S,N,m) product is the fast layout on CPU and GPU."""
+        coeff = torch.bmm(y.unsqueeze(1), right.mT)  # (S, 1, m)
+        return torch.baddbmm(y.unsqueeze(1), coeff, left, beta=-1).squeeze(1)
+
+    def direction(self, g: Tensor) -> Tensor:
+        """Quasi-Newton step -B g for the residual g last passed to `record` (or the first residual)."""
+        if self.Bg is None:
+            self.Bg = -g
+        return -self.Bg
+
+    def record(self, dx: Tensor, dg: Tensor, g_new: Tensor) -> None:
+        """Sherman-Morrison update so that B dg = dx (good Broyden), skipped where it is ill-posed."""
+        if self.count == self.memory and self.policy == "restart":
+            self.count = 0
+            self.Bg = -g_new
+            return
+        U, V = self._filled()
+        Bg_new = self._apply(g_new, U, V)
+        Bdg = Bg_new - self.Bg
+        vt = self._apply(dx, V, U)  # dx^T B
+        denom = (vt * dg).sum(dim=1, keepdim=True)
+        size = torch.linalg.vector_norm(vt, dim=1, keepdim=True) * torch.linalg.vector_norm(dg, dim=1, keepdim=True)
+        ok = denom.abs() > torch.finfo(dx.dtype).eps * size
+        # Where the update is ill-posed both factors are zeroed, which leaves B unchanged.
+        scale = torch.where(ok, 1.0 / denom, torch.zeros((), dtype=dx.dtype, device=dx.device))
+        u = (dx - Bdg).mul_(scale)
+        vt = vt.mul_(ok)
+        slot = self.count % self.memory
+        if self.count >= self.memory:  # the pair being overwritten leaves B
+            Bg_new = Bg_new - self.U[:, slot] * (self.V[:, slot] * g_new).sum(dim=1, keepdim=True)
+        self.U[:, slot] = u
+        self.V[:, slot] = vt
+        self.count += 1
+        self.Bg = Bg_new + u * (vt * g_new).sum(dim=1, keepdim=True)

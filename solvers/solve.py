@@ -1,0 +1,93 @@
+"""`solve`: batched fixed-point solve of z = f(z) without autograd, one host sync per iteration."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .anderson import Anderson
+from .broyden import Broyden
+from .config import SolverConfig
+from .monitor import Monitor
+from .peer import solve_with_peer
+from .picard import Picard
+from .stats import SolverStats
+
+Fn = Callable[[Tensor], Tensor]
+
+
+def system_layout(shape: torch.Size, batch_dims: int) -> tuple[int, int]:
+    """(number of systems, size of one system) for a tensor whose first `batch_dims` dims index systems."""
+    if not 0 <= batch_dims <= len(shape):
+        raise ValueError(f"batch_dims={batch_dims} must be in [0, {len(shape)}] for a tensor of shape {tuple(shape)}")
+    return math.prod(shape[:batch_dims]), math.prod(shape[batch_dims:])
+
+
+def _method(cfg: SolverConfig, x: Tensor) -> Broyden | Anderson | Picard:
+    if cfg.method == "broyden":
+        return Broyden(x, cfg.window, cfg.memory_policy)
+    if cfg.method == "anderson":
+        return Anderson(x, cfg.window, cfg.damping, cfg.ridge)
+    return Picard(cfg.damping)
+
+
+def _line_search(f: Fn, x: Tensor, g: Tensor, dx: Tensor, x_new: Tensor, fx_new: Tensor,
+                 mon: Monitor) -> tuple[Tensor, Tensor]:
+    """Where the full step raised ||g||^2, retry at the minimiser of the quadratic through
+    phi(0), phi'(0) = -2 phi(0) (exact for a Newton direction) and phi(1), clamped to [0.1, 0.5]."""
+    phi0 = g.pow(2).sum(dim=1)
+    phi1 = torch.nan_to_num((fx_new - x_new).pow(2).sum(dim=1), nan=math.inf)
+    retry = mon.active & (phi1 > phi0)
+    if not bool(retry.any()):
+        return x_new, fx_new
+    alpha = (phi0 / (phi0 + phi1)).clamp(0.1, 0.5)
+    x_try = torch.where(retry[:, None], x + alpha[:, None] * dx, x_new)
+    mon.nfe += 1  # the rejected full-step evaluation
+    return x_try, f(x_try)
+
+
+def _stats(mon: Monitor, cfg: SolverConfig, system_shape: torch.Size) -> SolverStats:
+    trace = torch.stack(mon.trace).reshape(-1, *system_shape) if mon.trace is not None else None
+    return SolverStats(
+        method=cfg.method, nfe=mon.nfe, nstep=mon.nstep.reshape(system_shape),
+        abs_residual=mon.best_abs.reshape(system_shape), rel_residual=mon.best_rel.reshape(system_shape),
+        converged=mon.converged.reshape(system_shape), nonfinite=mon.nonfinite.reshape(system_shape),
+        trace=trace,
+    )
+
+
+@torch.no_grad()
+def solve(f: Fn, z0: Tensor, cfg: SolverConfig, batch_dims: int = 1) -> tuple[Tensor, SolverStats]:
+    """Find z = f(z) from z0, without autograd.
+
+    The first `batch_dims` dims of z0 index independent systems: norms, stopping, freezing, Broyden
+    updates and Anderson mixing are per system, and no Python loop runs over systems. Returns the
+    best finite iterate of every system and its stats.
+    """
+    systems, size = system_layout(z0.shape, batch_dims)
+    system_shape = z0.shape[:batch_dims]
+    if cfg.is_peer:
+        return solve_with_peer(f, z0, cfg, batch_dims)
+
+    def f_flat(x: Tensor) -> Tensor:
+        return f(x.view(z0.shape)).reshape(systems, size)
+
+    x = z0.detach().reshape(systems, size)
+    mon = Monitor(x, cfg)
+    x, g = mon.observe(x, f_flat(x), stepped=False)
+    method = _method(cfg, x)
+    for _ in range(cfg.max_iter):
+        if not mon.any_active():
+            break
+        dx = method.direction(g)  # zero for frozen systems, whose g the monitor zeroed
+        x_new = x + dx
+        fx_new = f_flat(x_new)
+        if cfg.line_search and cfg.method == "broyden":
+            x_new, fx_new = _line_search(f_flat, x, g, dx, x_new, fx_new, mon)
+        x_new, g_new = mon.observe(x_new, fx_new, stepped=True)
+        method.record(x_new - x, g_new - g, g_new)
+        x, g = x_new, g_new
+    return mon.best_x.view(z0.shape), _stats(mon, cfg, system_shape)
