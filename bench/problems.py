@@ -9,18 +9,25 @@ import torch
 from torch import Tensor, nn
 
 
-def tanh_map(systems: int, size: int, radius: float, dtype: torch.dtype = torch.float64,
-             seed: int = 0) -> tuple[Callable[[Tensor], Tensor], Tensor, dict[str, Tensor]]:
-    """f(z) = tanh(W z + U x + b), one W per system: W = radius * (random orthogonal), so W's spectral
-    norm and radius are both `radius` and the Jacobian's spectral radius at the fixed point is a bit below.
-    Returns (f, z0, tensors) where tensors holds W, U, x, b (leaves, for gradient tests)."""
+def tanh_map(systems: int, size: int, radius: float, dtype: torch.dtype = torch.float64, seed: int = 0,
+             input_scale: float = 1.0,
+             spectrum: str = "orthogonal") -> tuple[Callable[[Tensor], Tensor], Tensor, dict[str, Tensor]]:
+    """f(z) = tanh(W z + U x + b), one W per system, with spectral norm and radius `radius`:
+    spectrum="orthogonal" is radius * Q (every eigenvalue on the circle of that radius, the hard case for
+    quasi-Newton methods), "symmetric" is Q diag(linspace(-radius, radius)) Q^T (a real spectrum).
+    The Jacobian's spectral radius at the fixed point is below `radius` and approaches it as
+    input_scale -> 0 (tanh' -> 1). Returns (f, z0, tensors) with the leaves W, U, x, b."""
     gen = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(systems, size, size, generator=gen, dtype=torch.float64))
+    if spectrum == "orthogonal":
+        w = radius * q
+    else:
+        w = q @ torch.diag(torch.linspace(-radius, radius, size, dtype=torch.float64)) @ q.mT
     tensors = {
-        "W": (radius * q).to(dtype),
+        "W": w.to(dtype),
         "U": (torch.randn(systems, size, size, generator=gen, dtype=torch.float64) / math.sqrt(size)).to(dtype),
-        "x": torch.randn(systems, size, generator=gen, dtype=torch.float64).to(dtype),
-        "b": (0.1 * torch.randn(systems, size, generator=gen, dtype=torch.float64)).to(dtype),
+        "x": (input_scale * torch.randn(systems, size, generator=gen, dtype=torch.float64)).to(dtype),
+        "b": (0.1 * input_scale * torch.randn(systems, size, generator=gen, dtype=torch.float64)).to(dtype),
     }
 
     def f(z: Tensor) -> Tensor:

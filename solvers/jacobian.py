@@ -30,17 +30,21 @@ def spectral_radius(f: Callable[[Tensor], Tensor], z: Tensor, iters: int = 20, b
                     generator: torch.Generator | None = None) -> Tensor:
     """Estimate of the spectral radius of df/dz at z, per system (shape z.shape[:batch_dims]).
 
-    Arnoldi iteration with Jacobian-vector products (forward-mode AD): the eigenvalues of the
-    Hessenberg matrix (Ritz values) approximate the Jacobian's extreme eigenvalues, complex pairs
-    included, so the estimate is right for non-normal Jacobians, where a Rayleigh quotient is not.
-    With iters >= system size it is exact up to rounding.
+    Arnoldi iteration on J^T, which has the same eigenvalues as J, with vector-Jacobian products (plain
+    reverse mode, which every op supports): the eigenvalues of the Hessenberg matrix (Ritz values)
+    approximate the extreme eigenvalues, complex pairs included, so the estimate is right for non-normal
+    Jacobians, where a Rayleigh quotient is not. Only converged Ritz values (small Ritz residual) count,
+    since unconverged ones of a non-normal matrix can exceed the spectral radius. With iters >= system
+    size it is exact up to rounding.
     """
     systems, size = system_layout(z.shape, batch_dims)
     iters = min(iters, size)
-    z = z.detach()
+    z = z.detach().requires_grad_()
+    with torch.enable_grad():
+        f_z = f(z)
 
-    def jvp(v: Tensor) -> Tensor:
-        _, out = torch.func.jvp(f, (z,), (v.view(z.shape),))
+    def vjp(v: Tensor) -> Tensor:
+        (out,) = torch.autograd.grad(f_z, z, v.view(z.shape), retain_graph=True)
         return out.reshape(systems, size)
 
     basis = z.new_zeros(systems, iters + 1, size)
@@ -49,7 +53,7 @@ def spectral_radius(f: Callable[[Tensor], Tensor], z: Tensor, iters: int = 20, b
     basis[:, 0] = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
     tiny = torch.finfo(z.dtype).tiny
     for j in range(iters):
-        w = jvp(basis[:, j])
+        w = vjp(basis[:, j])
         for _ in range(2):  # Gram-Schmidt twice keeps the basis orthogonal in finite precision
             coeff = torch.bmm(basis[:, : j + 1], w.unsqueeze(2)).squeeze(2)
             hess[:, : j + 1, j] += coeff
@@ -58,5 +62,11 @@ def spectral_radius(f: Callable[[Tensor], Tensor], z: Tensor, iters: int = 20, b
         hess[:, j + 1, j] = norm
         # After a breakdown (invariant subspace found) the next vector is zero and adds only zero Ritz values.
         basis[:, j + 1] = w / norm.clamp_min(tiny)[:, None] * (norm > tiny * 1e3)[:, None]
-    ritz = torch.linalg.eigvals(hess[:, :iters, :iters])
-    return ritz.abs().amax(dim=1).reshape(z.shape[:batch_dims])
+    # Ritz values of a non-normal matrix can lie anywhere in its numerical range, far outside the
+    # spectrum, until they converge: keep those whose Ritz residual |h_{k+1,k}| |y_k| is small.
+    ritz, vectors = torch.linalg.eig(hess[:, :iters, :iters])
+    residual = hess[:, iters, iters - 1, None].abs() * vectors[:, iters - 1, :].abs()
+    modulus = ritz.abs()
+    converged = residual <= 1e-3 * modulus.amax(dim=1, keepdim=True)
+    trusted = torch.where(converged, modulus, torch.zeros_like(modulus)).amax(dim=1)
+    return torch.where(converged.any(dim=1), trusted, modulus.amax(dim=1)).reshape(z.shape[:batch_dims])

@@ -90,6 +90,15 @@ class Cell(nn.Module, metaclass=ABCMeta):
     ) -> History:
         """The history of a sequence start (offset 0, nothing frozen yet)."""
 
+    @property
+    def readout_dim(self) -> int:
+        """Width of readout(z), what a head sees of the state."""
+        return self.state_dim
+
+    def readout(self, z: Tensor) -> Tensor:
+        """The part of the equilibrium state (B,T,state_dim) a head reads (B,T,readout_dim): all of it by default."""
+        return z
+
     def _history_or_empty(self, x: Tensor, history: History | None) -> History:
         """`history`, or an empty one matching x's batch, device and dtype; checks the batch size."""
         if history is None:

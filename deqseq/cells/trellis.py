@@ -66,6 +66,15 @@ class TrellisCell(Cell):
             self.conv_x = _weight_norm(self.conv_x)
             self.conv_h = _weight_norm(self.conv_h)
 
+    @property
+    def readout_dim(self) -> int:
+        """Heads read h only."""
+        return self.hidden
+
+    def readout(self, z: Tensor) -> Tensor:
+        """h, the first half of the state z = [h; c]."""
+        return z[..., : self.hidden]
+
     @staticmethod
     def _conv(conv: nn.Conv1d, seq: Tensor) -> Tensor:
         """Valid conv over (B, pad+T, C) -> (B, T, 4*hidden)."""

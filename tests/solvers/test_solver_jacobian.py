@@ -43,11 +43,15 @@ def test_spectral_radius_exact_on_nonnormal_jacobian():
 
 
 def test_spectral_radius_with_fewer_iterations_than_size():
+    # Unconverged Ritz values of this strongly non-normal J exceed its spectral radius (by 50% to 40x
+    # at 25-30 iterations, measured); only converged ones may count.
     f, z, W, b = _nonnormal_problem(n=40, seed=1)
-    estimate = spectral_radius(f, z, iters=25)
     J = torch.diag(1 - torch.tanh(W @ z[0] + b) ** 2) @ W
     exact = torch.linalg.eigvals(J).abs().max()
-    assert abs(float(estimate[0] / exact) - 1) < 1e-3
+    for iters in (15, 25, 30):
+        for seed in range(4):
+            estimate = spectral_radius(f, z[:1], iters=iters, generator=torch.Generator().manual_seed(seed))
+            assert abs(float(estimate[0] / exact) - 1) < 1e-4, (iters, seed)
 
 
 def test_rayleigh_power_method_is_wrong_here_but_arnoldi_is_not():

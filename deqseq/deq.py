@@ -1,0 +1,119 @@
+"""The DEQ layer: prepare the cell's context once, solve z* = f(z*), differentiate through z*, freeze history."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+import solvers
+
+from .cells import Cell, Context, History
+from .config import SolverSettings
+
+
+@dataclass
+class DEQOutput:
+    """Result of one DEQ forward.
+
+    z:           equilibrium (B, T, state_dim), attached to autograd as settings.grad says.
+    history:     the input history extended by these T frozen positions, detached (no gradient flows through
+                 history, as with Transformer-XL memory).
+    stats:       forward solver stats; stats.backward is filled in once an implicit backward pass has run.
+    jac_penalty: Hutchinson estimate of ||df/dz||_F^2 / numel at z*, when asked for, else None.
+    """
+
+    z: Tensor
+    history: History
+    stats: solvers.SolverStats
+    jac_penalty: Tensor | None = None
+
+
+def _parametrized_tensors(module: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(submodule, tensor name) of every parametrized tensor (e.g. weight norm) inside module."""
+    return [
+        (m, name)
+        for m in module.modules()
+        if parametrize.is_parametrized(m)
+        for name in m.parametrizations
+    ]
+
+
+class DEQLayer(nn.Module):
+    """One weight-tied cell run to its fixed point: z* = cell(z*, ctx), with ctx = cell.prepare(x, history)."""
+
+    def __init__(self, cell: Cell, settings: SolverSettings | None = None):
+        super().__init__()
+        self.cell = cell
+        self.settings = settings if settings is not None else SolverSettings()
+        self._last_z: Tensor | None = None  # the previous equilibrium, for warm starts
+
+    def forward(
+        self,
+        x_emb: Tensor,
+        history: History | None = None,
+        z0: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        jacobian: bool = False,
+    ) -> DEQOutput:
+        """Solve for the equilibrium of the T positions of x_emb (B, T, E) after the frozen `history`.
+
+        z0 is the initial guess (zeros, or the previous equilibrium with settings.warm_start, when None).
+        jacobian=True also returns the Jacobian penalty at z*, differentiable w.r.t. the parameters.
+        """
+        s = self.settings
+        params = _parametrized_tensors(self.cell)
+        # With weight norm, compute each normalised weight once per forward instead of once per iteration.
+        with parametrize.cached() if params else contextlib.nullcontext():
+            for module, name in params:
+                # Fill the cache now, in the caller's grad mode: a first use inside the no-grad solve would
+                # cache a weight without a graph, and no gradient would reach the weight-norm parameters.
+                getattr(module, name)
+            ctx = self.cell.prepare(x_emb, history, attn_mask)
+            z0 = self._initial_guess(x_emb, z0)
+
+            def f(z: Tensor) -> Tensor:
+                return self.cell(z, ctx)
+
+            z, stats = solvers.fixed_point(f, z0, s.forward, s.backward, s.grad, s.batch_dims)
+            penalty = self._jacobian_penalty(f, z) if jacobian else None
+            with torch.no_grad():
+                new_history = self.cell.extend_history(ctx, z.detach()).detach()
+        if s.warm_start:
+            self._last_z = z.detach()
+        return DEQOutput(z=z, history=new_history, stats=stats, jac_penalty=penalty)
+
+    def _initial_guess(self, x_emb: Tensor, z0: Tensor | None) -> Tensor:
+        """z0 when given; else the previous equilibrium (warm start, same shape only); else zeros."""
+        B, T, _ = x_emb.shape
+        shape = (B, T, self.cell.state_dim)
+        if z0 is not None:
+            if tuple(z0.shape) != shape:
+                raise ValueError(f"z0 must have shape {shape}, got {tuple(z0.shape)}")
+            return z0
+        last = self._last_z
+        if self.settings.warm_start and last is not None and tuple(last.shape) == shape:
+            return last.to(x_emb.dtype)
+        return x_emb.new_zeros(shape)
+
+    @staticmethod
+    def _jacobian_penalty(f, z: Tensor) -> Tensor:
+        """Hutchinson estimate of ||df/dz||_F^2 / numel at z (detached when autograd is off)."""
+        grad_on = torch.is_grad_enabled()
+        with torch.enable_grad():
+            z_leaf = z.detach().requires_grad_()
+            penalty = solvers.jacobian_penalty(f(z_leaf), z_leaf)
+        return penalty if grad_on else penalty.detach()
+
+    @torch.no_grad()
+    def residual(self, x_emb: Tensor, z: Tensor, history: History | None = None) -> Tensor:
+        """||f(z) - z|| over all T positions of each sequence (B,), for the map of a solve of x_emb after history.
+
+        This is the residual of the whole-sequence system whatever settings.batch_dims is: what bounds the
+        distance of z to the sequence's equilibrium.
+        """
+        ctx: Context = self.cell.prepare(x_emb, history)
+        return torch.linalg.vector_norm((self.cell(z, ctx) - z).flatten(1), dim=1)

@@ -1,0 +1,2 @@
+EquivalenceReport = None
+check_equivalence = None
