@@ -28,8 +28,9 @@ def main() -> None:
     x.requires_grad_()
     z, stats = fixed_point(f, torch.zeros(16, 512), SolverConfig(tol=1e-6), grad="implicit")
     z.sum().backward()
-    print(f"implicit gradient: |dL/dx| = {float(x.grad.norm()):.4f}, "
-          f"backward solve nfe = {stats.backward.nfe}, max rel residual = {float(stats.backward.rel_residual.max()):.1e}")
+    back = stats.backward
+    print(f"implicit gradient: |dL/dx| = {float(x.grad.norm()):.4f}, backward solve nfe = {back.nfe}, "
+          f"max rel residual = {float(back.rel_residual.max()):.1e}")
 
 
 if __name__ == "__main__":

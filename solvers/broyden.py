@@ -25,6 +25,7 @@ class Broyden:
         self.memory = memory
         self.count = 0
         self.Bg: Tensor | None = None
+        self.step: Tensor | None = None
 
     def _filled(self) -> tuple[Tensor, Tensor]:
         n = min(self.count, self.memory)
@@ -39,20 +40,20 @@ class Broyden:
     def direction(self, g: Tensor) -> Tensor:
         """Quasi-Newton step -B g for the residual g last passed to `record` (or the first residual)."""
         if self.Bg is None:
-            self.Bg = -g
-        return -self.Bg
+            self.Bg, self.step = -g, g
+        return self.step
 
     def record(self, dx: Tensor, dg: Tensor, g_new: Tensor) -> None:
         """Sherman-Morrison update so that B dg = dx (good Broyden), skipped where it is ill-posed."""
         if self.count == self.memory and self.policy == "restart":
             self.count = 0
-            self.Bg = -g_new
+            self.Bg, self.step = -g_new, g_new
             return
         U, V = self._filled()
         Bg_new = self._apply(g_new, U, V)
         Bdg = Bg_new - self.Bg
         vt = self._apply(dx, V, U)  # dx^T B
-        denom = (vt * dg).sum(dim=1, keepdim=True)
+        denom = torch.linalg.vecdot(vt, dg).unsqueeze(1)
         size = torch.linalg.vector_norm(vt, dim=1, keepdim=True) * torch.linalg.vector_norm(dg, dim=1, keepdim=True)
         ok = denom.abs() > torch.finfo(dx.dtype).eps * size
         # Where the update is ill-posed both factors are zeroed, which leaves B unchanged.
@@ -61,8 +62,9 @@ class Broyden:
         vt = vt.mul_(ok)
         slot = self.count % self.memory
         if self.count >= self.memory:  # the pair being overwritten leaves B
-            Bg_new = Bg_new - self.U[:, slot] * (self.V[:, slot] * g_new).sum(dim=1, keepdim=True)
+            Bg_new = Bg_new - self.U[:, slot] * torch.linalg.vecdot(self.V[:, slot], g_new).unsqueeze(1)
         self.U[:, slot] = u
         self.V[:, slot] = vt
         self.count += 1
-        self.Bg = Bg_new + u * (vt * g_new).sum(dim=1, keepdim=True)
+        self.Bg = torch.addcmul(Bg_new, u, torch.linalg.vecdot(vt, g_new).unsqueeze(1))
+        self.step = -self.Bg

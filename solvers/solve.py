@@ -88,6 +88,6 @@ def solve(f: Fn, z0: Tensor, cfg: SolverConfig, batch_dims: int = 1) -> tuple[Te
         if cfg.line_search and cfg.method == "broyden":
             x_new, fx_new = _line_search(f_flat, x, g, dx, x_new, fx_new, mon)
         x_new, g_new = mon.observe(x_new, fx_new, stepped=True)
-        method.record(x_new - x, g_new - g, g_new)
+        method.record(dx, g_new - g, g_new)  # a failed system's reset is not a step: it is frozen anyway
         x, g = x_new, g_new
     return mon.best_x.view(z0.shape), _stats(mon, cfg, system_shape)
