@@ -11,7 +11,7 @@ from torch.nn.utils import parametrize
 
 import solvers
 
-from .cells import Cell, Context, History
+from .cells import Cell, History
 from .config import SolverSettings
 
 
@@ -78,7 +78,9 @@ class DEQLayer(nn.Module):
             def f(z: Tensor) -> Tensor:
                 return self.cell(z, ctx)
 
-            z, stats = solvers.fixed_point(f, z0, s.forward, s.backward, s.grad, s.batch_dims)
+            # Per-position systems of a causal cell depend on earlier positions; a custom mask may couple any.
+            coupling = "independent" if s.batch_dims == 1 else ("causal" if attn_mask is None else "full")
+            z, stats = solvers.fixed_point(f, z0, s.forward, s.backward, s.grad, s.batch_dims, coupling)
             penalty = self._jacobian_penalty(f, z) if jacobian else None
             with torch.no_grad():
                 new_history = self.cell.extend_history(ctx, z.detach()).detach()
@@ -96,7 +98,7 @@ class DEQLayer(nn.Module):
             return z0
         last = self._last_z
         if self.settings.warm_start and last is not None and tuple(last.shape) == shape:
-            return last.to(x_emb.dtype)
+            return last.to(x_emb)
         return x_emb.new_zeros(shape)
 
     @staticmethod
@@ -107,13 +109,3 @@ class DEQLayer(nn.Module):
             z_leaf = z.detach().requires_grad_()
             penalty = solvers.jacobian_penalty(f(z_leaf), z_leaf)
         return penalty if grad_on else penalty.detach()
-
-    @torch.no_grad()
-    def residual(self, x_emb: Tensor, z: Tensor, history: History | None = None) -> Tensor:
-        """||f(z) - z|| over all T positions of each sequence (B,), for the map of a solve of x_emb after history.
-
-        This is the residual of the whole-sequence system whatever settings.batch_dims is: what bounds the
-        distance of z to the sequence's equilibrium.
-        """
-        ctx: Context = self.cell.prepare(x_emb, history)
-        return torch.linalg.vector_norm((self.cell(z, ctx) - z).flatten(1), dim=1)

@@ -10,6 +10,9 @@ PEER_PREFIX = "torchdeq:"
 PEER_METHODS = ("anderson", "broyden", "fixed_point_iter", "simple_fixed_point_iter")
 STOP_MODES = ("rel", "abs")
 MEMORY_POLICIES = ("restart", "ring")
+# How systems depend on each other along the last system dim, which decides when one may freeze.
+COUPLINGS = ("independent", "causal", "anticausal", "full")
+REVERSED_COUPLING = {"independent": "independent", "causal": "anticausal", "anticausal": "causal", "full": "full"}
 
 # Method-specific default for `memory` (Broyden rank, Anderson window) when the user leaves it unset.
 DEFAULT_MEMORY = {"broyden": 30, "anderson": 6, "picard": 1}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .config import SolverConfig
+from .config import REVERSED_COUPLING, SolverConfig
 from .solve import solve, system_layout
 from .stats import SolverStats
 
@@ -70,6 +70,7 @@ class _Adjoint:
     z: Tensor
     cfg: SolverConfig
     batch_dims: int
+    coupling: str
     stats: SolverStats
 
     def solve(self, fz: Tensor, grad: Tensor) -> Tensor:
@@ -78,7 +79,8 @@ class _Adjoint:
                 (vjp,) = torch.autograd.grad(fz, self.z, g, retain_graph=True)
             return vjp + grad
 
-        g, self.stats.backward = solve(adjoint, grad, self.cfg, self.batch_dims)
+        # The adjoint runs through J^T, so a causal forward coupling is anticausal here.
+        g, self.stats.backward = solve(adjoint, grad, self.cfg, self.batch_dims, REVERSED_COUPLING[self.coupling])
         return g
 
 
@@ -103,18 +105,20 @@ def _unrolled(f: Fn, z0: Tensor, steps: int, cfg: SolverConfig, batch_dims: int)
 
 
 def fixed_point(f: Fn, z0: Tensor, forward: SolverConfig, backward: SolverConfig | None = None,
-                grad: str = "implicit", batch_dims: int = 1) -> tuple[Tensor, SolverStats]:
+                grad: str = "implicit", batch_dims: int = 1,
+                coupling: str = "independent") -> tuple[Tensor, SolverStats]:
     """Solve z* = f(z*) and return it attached to autograd.
 
     grad="implicit": z* is found without a graph; the returned tensor is f(z*), whose backward solves the
     adjoint fixed point with `backward` (default: `forward`), so memory does not grow with iterations.
     grad="phantom:K[:tau]": K damped steps z <- (1-tau) z + tau f(z) from z* with a graph.
     grad="unrolled:K": K plain applications of f from z0 with a graph, no solve (explicit weight-tied net).
+    coupling: how systems depend on each other (see `solve`); the adjoint solve uses the transpose.
     """
     mode = GradMode.parse(grad)
     if mode.kind == "unrolled":
         return _unrolled(f, z0, mode.steps, forward, batch_dims)
-    z_star, stats = solve(f, z0, forward, batch_dims)
+    z_star, stats = solve(f, z0, forward, batch_dims, coupling)
     if not torch.is_grad_enabled():
         return z_star, stats
     if mode.kind == "phantom":
@@ -128,5 +132,5 @@ def fixed_point(f: Fn, z0: Tensor, forward: SolverConfig, backward: SolverConfig
     stats.nfe += 1
     if not fz.requires_grad:  # f depends on nothing that needs a gradient
         return fz, stats
-    holder = _Adjoint(z_leaf, backward or forward, batch_dims, stats)
+    holder = _Adjoint(z_leaf, backward or forward, batch_dims, coupling, stats)
     return _ImplicitGrad.apply(fz, holder), stats

@@ -10,17 +10,38 @@ from torch import Tensor
 from .config import SolverConfig
 
 
+def _settled_prefix(done: Tensor, shape: torch.Size, coupling: str) -> Tensor:
+    """Which systems have every system they depend on (themselves included) settled."""
+    if coupling == "full":
+        return done.all().expand_as(done)
+    grid = done.view(shape).to(torch.uint8)
+    if coupling == "anticausal":
+        grid = grid.flip(-1)
+    settled = grid.cummin(dim=-1).values
+    if coupling == "anticausal":
+        settled = settled.flip(-1)
+    return settled.reshape(-1).bool()
+
+
 class Monitor:
-    """Tracks S independent systems of N values each, laid out as (S, N).
+    """Tracks S systems of N values each, laid out as (S, N).
 
     A system freezes when its residual drops below tol (converged) or when f returns a non-finite value
-    for it (failed); a frozen system's iterate never changes again. The best finite iterate of every
-    system is kept, so the result is never worse than any point the solver visited.
+    for it (failed); a frozen system's iterate never changes again. Independent systems keep their best
+    finite iterate, so the result is never worse than any point the solver visited.
+
+    Coupled systems (`coupling` "causal": system i may depend on systems j < i along the last system dim;
+    "anticausal": on j > i; "full": on all) may freeze only together with, or after, every system they
+    depend on: freezing one whose inputs still move would leave it off the fixed point. For them the
+    result is the last finite iterate, since iterates of different steps do not fit together.
     """
 
-    def __init__(self, x0: Tensor, cfg: SolverConfig) -> None:
+    def __init__(self, x0: Tensor, cfg: SolverConfig, system_shape: torch.Size | None = None,
+                 coupling: str = "independent") -> None:
         systems, size = x0.shape
         self.cfg = cfg
+        self.coupling = coupling
+        self.system_shape = system_shape if system_shape is not None else torch.Size([systems])
         self.sqrt_size = math.sqrt(size)
         dev = x0.device
         self.best_x = x0.clone()
@@ -48,14 +69,17 @@ class Monitor:
         res = rel_res if self.cfg.stop == "rel" else abs_res
         finite = torch.isfinite(gnorm) & torch.isfinite(fnorm)
         live = self.active & finite
-        better = live & (res < self.best_res)
+        better = live & (res < self.best_res) if self.coupling == "independent" else live
         self.best_x = torch.where(better[:, None], x, self.best_x)
         self.best_res = torch.where(better, res, self.best_res)
         self.best_abs = torch.where(better, abs_res, self.best_abs)
         self.best_rel = torch.where(better, rel_res, self.best_rel)
-        self.converged |= live & (res < self.cfg.tol)
+        converged = self.converged | (live & (res < self.cfg.tol))
         self.nonfinite |= self.active & ~finite
-        self.active = live & ~self.converged
+        if self.coupling != "independent":
+            converged &= _settled_prefix(converged | self.nonfinite, self.system_shape, self.coupling)
+        self.converged = converged
+        self.active = live & ~converged
         if self.trace is not None:
             self.trace.append(torch.where(finite, res, self.best_res))
         x = torch.where(finite[:, None], x, self.best_x)

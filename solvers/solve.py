@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .anderson import Anderson
 from .broyden import Broyden
-from .config import SolverConfig
+from .config import COUPLINGS, SolverConfig
 from .monitor import Monitor
 from .peer import solve_with_peer
 from .picard import Picard
@@ -60,15 +60,20 @@ def _stats(mon: Monitor, cfg: SolverConfig, system_shape: torch.Size) -> SolverS
 
 
 @torch.no_grad()
-def solve(f: Fn, z0: Tensor, cfg: SolverConfig, batch_dims: int = 1) -> tuple[Tensor, SolverStats]:
+def solve(f: Fn, z0: Tensor, cfg: SolverConfig, batch_dims: int = 1,
+          coupling: str = "independent") -> tuple[Tensor, SolverStats]:
     """Find z = f(z) from z0, without autograd.
 
-    The first `batch_dims` dims of z0 index independent systems: norms, stopping, freezing, Broyden
-    updates and Anderson mixing are per system, and no Python loop runs over systems. Returns the
-    best finite iterate of every system and its stats.
+    The first `batch_dims` dims of z0 index systems: norms, stopping, freezing, Broyden updates and
+    Anderson mixing are per system, and no Python loop runs over systems. `coupling` says how the
+    systems depend on each other along the last system dim ("independent", "causal" for f that is
+    causal along it, "anticausal", "full"), which decides when a converged system may freeze.
+    Returns the best (independent) or last (coupled) finite iterate of every system and its stats.
     """
     systems, size = system_layout(z0.shape, batch_dims)
     system_shape = z0.shape[:batch_dims]
+    if coupling not in COUPLINGS:
+        raise ValueError(f"coupling={coupling!r} is unknown; allowed: {', '.join(COUPLINGS)}")
     if cfg.is_peer:
         return solve_with_peer(f, z0, cfg, batch_dims)
 
@@ -76,7 +81,7 @@ def solve(f: Fn, z0: Tensor, cfg: SolverConfig, batch_dims: int = 1) -> tuple[Te
         return f(x.view(z0.shape)).reshape(systems, size)
 
     x = z0.detach().reshape(systems, size)
-    mon = Monitor(x, cfg)
+    mon = Monitor(x, cfg, system_shape, coupling)
     x, g = mon.observe(x, f_flat(x), stepped=False)
     method = _method(cfg, x)
     for _ in range(cfg.max_iter):

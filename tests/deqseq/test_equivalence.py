@@ -1,0 +1,159 @@
+"""Sequence-level vs token-by-token vs chunked solves: same equilibria, same logits, within the tolerance."""
+
+import math
+
+import pytest
+import torch
+
+from deqseq import DEQSequenceModel, EquivalenceReport, ModelConfig, SolverSettings, check_equivalence
+from solvers import SolverConfig
+
+VOCAB, T = 40, 48
+
+MODELS = {
+    "transformer": dict(cell="transformer"),
+    "transformer-w8": dict(cell="transformer", window=8),  # window shorter than the sequence
+    "trellis": dict(cell="trellis"),
+    "trellis-k3d2": dict(cell="trellis", kernel_size=3, dilation=2),
+}
+
+
+def make_model(key: str, settings: SolverSettings, dtype=torch.float64, seed: int = 0) -> DEQSequenceModel:
+    """A small random model with the given solver settings."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=VOCAB, d_model=16, n_heads=2, d_ff=32, **MODELS[key])
+    return DEQSequenceModel(cfg, settings).to(dtype)
+
+
+def tight(batch_dims: int) -> SolverSettings:
+    """Relative tolerance 1e-10; per-position systems (batch_dims=2) need more iterations for the whole sequence."""
+    cfg = SolverConfig(max_iter=400, tol=1e-10)
+    return SolverSettings(forward=cfg, backward=cfg, batch_dims=batch_dims)
+
+
+def tokens(batch: int = 2, length: int = T, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("batch_dims", [1, 2])
+@pytest.mark.parametrize("key", list(MODELS))
+def test_float64_equivalence(key, batch_dims):
+    model = make_model(key, tight(batch_dims))
+    report = check_equivalence(model, tokens(batch=1 if key.startswith("transformer") else 2), chunk_sizes=(1, 5))
+    assert set(report.modes) == {"token", "chunk=5"}
+    for mode in report.modes.values():
+        assert mode["converged"]
+        assert mode["max_state_diff"] < 1e-8
+        assert mode["max_logit_diff"] < 1e-8
+        assert mode["argmax_mismatches"] == []
+    assert report.ok, str(report)
+    assert model.training  # check_equivalence restored the mode
+
+
+def test_token_by_token_by_hand_and_kv_projected_once():
+    """One position per solve against the frozen history; each position projected into the KV cache once."""
+    model = make_model("transformer-w8", tight(1)).eval()
+    x = tokens(batch=1)
+    with torch.no_grad():
+        ref = model(x)
+        cell = model.deq.cell
+        cell.kv_projections = 0
+        history, zs, logits = None, [], []
+        for t in range(T):
+            out = model(x[:, t : t + 1], history=history)
+            assert out.z.shape == (1, 1, 16) and out.stats.nstep.shape == (1,)
+            history = out.history
+            zs.append(out.z)
+            logits.append(out.logits)
+    assert cell.kv_projections == T
+    assert history.offset == T and history.k.shape[2] == 8  # the window
+    assert (torch.cat(zs, 1) - ref.z).abs().max() < 1e-8
+    assert (torch.cat(logits, 1) - ref.logits).abs().max() < 1e-8
+
+
+@pytest.mark.parametrize("key", ["transformer", "trellis"])
+def test_float32_default_tolerances(key):
+    # Default tolerances (Broyden, rel 1e-4); the iteration budget is raised because a random transformer
+    # often needs 35-60 Broyden steps to reach 1e-4 on a whole sequence.
+    settings = SolverSettings(forward=SolverConfig(max_iter=100))
+    tol = settings.forward.tol
+    model = make_model(key, settings, dtype=torch.float32)
+    slack = 10.0
+    report = check_equivalence(model, tokens(), chunk_sizes=(1, 4), slack=slack)
+    print(f"\n{key} float32\n{report}")
+    assert report.ok, str(report)
+    weight = model.head.proj.weight
+    width = model.deq.cell.readout_dim
+    for mode in report.modes.values():
+        # Each solve is within slack * ||f(z)-z|| <= slack * tol * ||f(z)|| of the equilibrium.
+        assert mode["max_state_diff"] <= 2 * slack * tol * report.reference["f_norm"]
+        assert mode["max_logit_diff"] <= weight.norm(dim=1).max().item() * math.sqrt(width) * mode["max_state_diff"]
+        assert mode["stats"]["not_converged"] == 0.0
+    assert report.reference["stats"]["rel_max"] < tol
+
+
+def test_report_flags_unconverged_solves_and_prints_a_table():
+    settings = SolverSettings(forward=SolverConfig(max_iter=2))
+    model = make_model("transformer", settings, dtype=torch.float32)
+    report = check_equivalence(model, tokens(length=12), chunk_sizes=(1, 3, 4))
+    assert set(report.modes) == {"token", "chunk=3", "chunk=4"}
+    assert not report.ok
+    assert not report.reference["converged"]
+    text = str(report)
+    lines = text.splitlines()
+    assert lines[0].split() == ["mode", "max_state_diff", "max_logit_diff", "bound", "mismatches", "nfe",
+                                "converged"]
+    assert [line.split()[0] for line in lines[1:5]] == ["sequence", "token", "chunk=3", "chunk=4"]
+    assert len({line.index(line.split()[1]) for line in lines[:5]}) == 1  # the columns are aligned
+    assert "NOT ok" in lines[-1] and "not converged" in lines[-1]
+    # nfe is summed over the 12 token solves (3 evaluations each at most)
+    assert 12 < report.modes["token"]["stats"]["nfe"] <= 36
+
+
+def _mode(**overrides) -> dict:
+    mode = dict(max_state_diff=1e-6, max_logit_diff=1e-5, argmax_mismatches=[], stats={"nfe": 10.0},
+                converged=True, residual=1e-8, bound=2e-7)
+    return {**mode, **overrides}
+
+
+def test_ok_rules():
+    reference = {"stats": {"nfe": 5.0}, "converged": True, "residual": 1e-8, "f_norm": 1.0}
+
+    def ok(**overrides) -> bool:
+        return EquivalenceReport({"token": _mode(bound=2e-6), "chunk=4": _mode(**overrides)}, reference, 10.0).ok
+
+    assert ok(bound=2e-6)
+    assert not ok()  # state diff 1e-6 above its bound 2e-7
+    assert not ok(bound=2e-6, converged=False)
+    # an argmax flip is fine where the reference's top-2 gap is within twice the logit difference
+    assert ok(bound=2e-6, argmax_mismatches=[{"batch": 0, "position": 3, "gap": 2e-5}])
+    assert not ok(bound=2e-6, argmax_mismatches=[{"batch": 1, "position": 3, "gap": 3e-5}])
+    report = EquivalenceReport({"token": _mode()}, {**reference, "converged": False}, 10.0)
+    assert report.failures == ["sequence solve not converged", "token state diff 1.000e-06 > bound 2.000e-07"]
+
+
+def test_argmax_flip_at_an_exact_tie_is_accepted():
+    """Make position 3 an exact top-2 tie: solver noise may flip its argmax, and that must not fail the check."""
+    model = make_model("trellis", tight(1))
+    x = tokens(batch=1, length=6)
+    with torch.no_grad():
+        ref = model(x).logits
+        first, second = ref[0, 3].topk(2).indices.tolist()
+        model.head.proj.bias[first] -= (ref[0, 3, first] - ref[0, 3, second]).item()
+    report = check_equivalence(model, x, chunk_sizes=(1, 2, 4))
+    for mode in report.modes.values():
+        for mismatch in mode["argmax_mismatches"]:
+            assert (mismatch["batch"], mismatch["position"]) == (0, 3) and mismatch["gap"] < 1e-12
+    assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_equivalence_with_conditioning(local):
+    torch.manual_seed(0)
+    cfg = ModelConfig(cell="trellis", vocab_size=VOCAB, d_model=16, cond_dim=3)
+    model = DEQSequenceModel(cfg, tight(1)).double()
+    x = tokens(length=20)
+    cond = torch.randn(2, 20, 3, dtype=torch.float64) if local else torch.randn(2, 3, dtype=torch.float64)
+    report = check_equivalence(model, x, chunk_sizes=(1, 6), cond=cond)
+    assert report.ok, str(report)
+    assert max(m["max_state_diff"] for m in report.modes.values()) < 1e-8
