@@ -17,15 +17,15 @@ class Broyden:
     iteration to the next (B dg = B g_new - B g), so an update costs two products with the buffers, not three.
     """
 
-    def __init__(self, x0: Tensor, memory: int, policy: str = "restart") -> None:
+    def __init__(self, x0: Tensor, memory: int, policy: str = "restart", full_steps: bool = True) -> None:
         systems, size = x0.shape
         self.policy = policy
+        self.full_steps = full_steps  # every recorded dx is the step returned by `direction` (no line search)
         self.U = x0.new_zeros(systems, memory, size)
         self.V = x0.new_zeros(systems, memory, size)
         self.memory = memory
         self.count = 0
-        self.Bg: Tensor | None = None
-        self.step: Tensor | None = None
+        self.step: Tensor | None = None  # -B g for the latest residual
 
     def _filled(self) -> tuple[Tensor, Tensor]:
         n = min(self.count, self.memory)
@@ -39,32 +39,35 @@ class Broyden:
 
     def direction(self, g: Tensor) -> Tensor:
         """Quasi-Newton step -B g for the residual g last passed to `record` (or the first residual)."""
-        if self.Bg is None:
-            self.Bg, self.step = -g, g
+        if self.step is None:
+            self.step = g  # B = -I
         return self.step
 
     def record(self, dx: Tensor, dg: Tensor, g_new: Tensor) -> None:
         """Sherman-Morrison update so that B dg = dx (good Broyden), skipped where it is ill-posed."""
         if self.count == self.memory and self.policy == "restart":
             self.count = 0
-            self.Bg, self.step = -g_new, g_new
+            self.step = g_new
             return
         U, V = self._filled()
         Bg_new = self._apply(g_new, U, V)
-        Bdg = Bg_new - self.Bg
         vt = self._apply(dx, V, U)  # dx^T B
         denom = torch.linalg.vecdot(vt, dg).unsqueeze(1)
         size = torch.linalg.vector_norm(vt, dim=1, keepdim=True) * torch.linalg.vector_norm(dg, dim=1, keepdim=True)
-        ok = denom.abs() > torch.finfo(dx.dtype).eps * size
-        # Where the update is ill-posed both factors are zeroed, which leaves B unchanged.
-        scale = torch.where(ok, 1.0 / denom, torch.zeros((), dtype=dx.dtype, device=dx.device))
-        u = (dx - Bdg).mul_(scale)
-        vt = vt.mul_(ok)
+        # Where the update is ill-posed u is zero, which leaves B unchanged.
+        scale = torch.where(denom.abs() > torch.finfo(dx.dtype).eps * size, 1.0 / denom, 0.0)
+        vg = torch.linalg.vecdot(vt, g_new).unsqueeze(1)
+        if self.full_steps:
+            # dx = -B g_old, so dx - B dg = -B g_new, and the new step is parallel to B g_new.
+            u = Bg_new * -scale
+            step = Bg_new * (scale * vg - 1.0)
+        else:
+            u = (dx - Bg_new - self.step) * scale
+            step = -torch.addcmul(Bg_new, u, vg)
         slot = self.count % self.memory
-        if self.count >= self.memory:  # the pair being overwritten leaves B
-            Bg_new = Bg_new - self.U[:, slot] * torch.linalg.vecdot(self.V[:, slot], g_new).unsqueeze(1)
+        if self.count >= self.memory:  # ring policy: the pair being overwritten leaves B
+            step = torch.addcmul(step, self.U[:, slot], torch.linalg.vecdot(self.V[:, slot], g_new).unsqueeze(1))
         self.U[:, slot] = u
         self.V[:, slot] = vt
         self.count += 1
-        self.Bg = torch.addcmul(Bg_new, u, torch.linalg.vecdot(vt, g_new).unsqueeze(1))
-        self.step = -self.Bg
+        self.step = step

@@ -28,7 +28,7 @@ def system_layout(shape: torch.Size, batch_dims: int) -> tuple[int, int]:
 
 def _method(cfg: SolverConfig, x: Tensor) -> Broyden | Anderson | Picard:
     if cfg.method == "broyden":
-        return Broyden(x, cfg.window, cfg.memory_policy)
+        return Broyden(x, cfg.window, cfg.memory_policy, full_steps=not cfg.line_search)
     if cfg.method == "anderson":
         return Anderson(x, cfg.window, cfg.damping, cfg.ridge)
     return Picard(cfg.damping)
