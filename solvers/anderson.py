@@ -19,6 +19,8 @@ class Anderson:
         systems, size = x0.shape
         self.dX = x0.new_zeros(systems, memory, size)
         self.dG = x0.new_zeros(systems, memory, size)
+        self.gram = torch.zeros(systems, memory, memory, dtype=torch.float64, device=x0.device)  # dG dG^T
+        self.eye = torch.eye(memory, dtype=torch.float64, device=x0.device)
         self.memory = memory
         self.beta = beta
         self.ridge = ridge if ridge is not None else 1e3 * torch.finfo(x0.dtype).eps
@@ -26,24 +28,24 @@ class Anderson:
 
     def direction(self, g: Tensor) -> Tensor:
         """Anderson step from the current residual g."""
-        step = self.beta * g
+        step = g if self.beta == 1.0 else self.beta * g
         if self.count == 0:
             return step
         filled = min(self.count, self.memory)
-        gram = torch.bmm(self.dG, self.dG.transpose(1, 2)).double()  # (S, m, m)
-        rhs = torch.bmm(g.unsqueeze(1), self.dG.mT).mT.double()  # (S, m, 1)
-        diag = gram.diagonal(dim1=1, dim2=2)
-        lam = self.ridge * diag.sum(dim=1) / filled + torch.finfo(torch.float64).tiny
-        eye = torch.eye(self.memory, dtype=torch.float64, device=g.device)
+        rhs = torch.bmm(self.dG, g.unsqueeze(2)) if g.is_cuda else torch.bmm(g.unsqueeze(1), self.dG.mT).mT
+        lam = self.ridge * self.gram.diagonal(dim1=1, dim2=2).sum(dim=1) / filled + torch.finfo(torch.float64).tiny
         # Unfilled slots have zero rows: the ridge keeps the system regular and gives them gamma = 0.
-        gamma = torch.linalg.solve(gram + lam[:, None, None] * eye, rhs)
-        gamma = torch.nan_to_num(gamma, nan=0.0, posinf=0.0, neginf=0.0).to(g.dtype)
-        mix = self.dX + self.beta * self.dG
-        return step - torch.bmm(gamma.transpose(1, 2), mix).squeeze(1)
+        gamma = torch.linalg.solve(self.gram + lam[:, None, None] * self.eye, rhs.double())
+        gamma = torch.nan_to_num(gamma, nan=0.0, posinf=0.0, neginf=0.0).to(g.dtype).mT  # (S, 1, m)
+        out = torch.baddbmm(step.unsqueeze(1), gamma, self.dX, alpha=-1.0)
+        return torch.baddbmm(out, gamma, self.dG, alpha=-self.beta).squeeze(1)
 
     def record(self, dx: Tensor, dg: Tensor, g_new: Tensor) -> None:
-        """Push the newest differences into the ring buffer."""
+        """Push the newest differences into the ring buffer and update one row/column of the Gram matrix."""
         slot = self.count % self.memory
         self.dX[:, slot] = dx
         self.dG[:, slot] = dg
+        row = torch.bmm(dg.unsqueeze(1), self.dG.mT).squeeze(1).double()  # (S, m)
+        self.gram[:, slot, :] = row
+        self.gram[:, :, slot] = row
         self.count += 1
