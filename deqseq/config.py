@@ -39,7 +39,8 @@ class ModelConfig:
 
     cell:           "transformer" | "trellis" (the trellis has hidden = d_model, so its state is 2*d_model wide).
     n_heads, d_ff, norm ("pre" | "post"), window (attention span over earlier positions, the memory length;
-                    None = unlimited): transformer only.
+                    None = unlimited), state_skip (identity path from z, off by default: see TransformerCell):
+                    transformer only.
     kernel_size, dilation: trellis only.
     d_embed:        width of the embedded input (None = d_model).
     input, head:    names in deqseq.inputs.INPUTS and deqseq.heads.HEADS.
@@ -56,6 +57,7 @@ class ModelConfig:
     dropout: float = 0.0
     weight_norm: bool = False
     window: int | None = None
+    state_skip: bool = False
     kernel_size: int = 2
     dilation: int = 1
     d_embed: int | None = None
@@ -74,6 +76,7 @@ class ModelConfig:
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
             raise ValueError(f"{owner}.dropout={self.dropout!r} must be a number in [0, 1)")
         _check_bool(owner, "weight_norm", self.weight_norm)
+        _check_bool(owner, "state_skip", self.state_skip)
         _check_bool(owner, "tie_embeddings", self.tie_embeddings)
         if self.window is not None:
             _check_int(owner, "window", self.window, 0)

@@ -39,7 +39,7 @@ def _build_cell(cfg: ModelConfig):
     if cfg.cell == "transformer":
         return build_cell("transformer", d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff,
                           d_input=cfg.embed_dim, dropout=cfg.dropout, norm=cfg.norm,
-                          weight_norm=cfg.weight_norm, window=cfg.window)
+                          weight_norm=cfg.weight_norm, window=cfg.window, state_skip=cfg.state_skip)
     return build_cell("trellis", hidden=cfg.d_model, d_input=cfg.embed_dim, kernel_size=cfg.kernel_size,
                       dilation=cfg.dilation, dropout=cfg.dropout, weight_norm=cfg.weight_norm)
 

