@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,7 +10,7 @@ from torch import Tensor
 
 from .config import REVERSED_COUPLING, SolverConfig
 from .solve import solve, system_layout
-from .stats import SolverStats
+from .stats import SolverStats, final_stats
 
 Fn = Callable[[Tensor], Tensor]
 
@@ -90,18 +89,10 @@ def _unrolled(f: Fn, z0: Tensor, steps: int, cfg: SolverConfig, batch_dims: int)
     for _ in range(steps):
         z_prev, z = z, f(z)
     systems, size = system_layout(z.shape, batch_dims)
-    shape = z.shape[:batch_dims]
     with torch.no_grad():
-        g = torch.linalg.vector_norm((z - z_prev).reshape(systems, size), dim=1)
-        abs_res = g / math.sqrt(size)
-        rel_res = g / (torch.linalg.vector_norm(z.reshape(systems, size), dim=1) + cfg.eps)
-        res = rel_res if cfg.stop == "rel" else abs_res
-    return z, SolverStats(
-        method=f"unrolled:{steps}", nfe=steps,
-        nstep=torch.full(shape, steps, dtype=torch.long, device=z.device),
-        abs_residual=abs_res.reshape(shape), rel_residual=rel_res.reshape(shape),
-        converged=(res < cfg.tol).reshape(shape), nonfinite=(~torch.isfinite(res)).reshape(shape),
-    )
+        stats = final_stats(f"unrolled:{steps}", steps, steps, z_prev.reshape(systems, size), z.reshape(systems, size),
+                            cfg.tol, cfg.stop, cfg.eps, z.shape[:batch_dims])
+    return z, stats
 
 
 def fixed_point(f: Fn, z0: Tensor, forward: SolverConfig, backward: SolverConfig | None = None,

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .config import SolverConfig
+from .stats import residuals
 
 
 def _settled_prefix(done: Tensor, shape: torch.Size, coupling: str) -> Tensor:
@@ -42,7 +43,6 @@ class Monitor:
         self.cfg = cfg
         self.coupling = coupling
         self.system_shape = system_shape if system_shape is not None else torch.Size([systems])
-        self.sqrt_size = math.sqrt(size)
         dev = x0.device
         self.best_x = x0.clone()
         self.best_res = torch.full((systems,), math.inf, device=dev, dtype=x0.dtype)
@@ -62,12 +62,9 @@ class Monitor:
         if stepped:
             self.nstep += self.active
         g = fx - x
-        gnorm = torch.linalg.vector_norm(g, dim=1)
-        fnorm = torch.linalg.vector_norm(fx, dim=1)
-        abs_res = gnorm / self.sqrt_size
-        rel_res = gnorm / (fnorm + self.cfg.eps)
+        abs_res, rel_res = residuals(g, fx, self.cfg.eps)
         res = rel_res if self.cfg.stop == "rel" else abs_res
-        finite = torch.isfinite(gnorm) & torch.isfinite(fnorm)
+        finite = torch.isfinite(rel_res) & torch.isfinite(abs_res)
         live = self.active & finite
         better = live & (res < self.best_res) if self.coupling == "independent" else live
         self.best_x = torch.where(better[:, None], x, self.best_x)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
 from .config import PEER_PREFIX, SolverConfig
-from .stats import SolverStats
+from .stats import SolverStats, final_stats
 
 
 def solve_with_peer(f: Callable[[Tensor], Tensor], z0: Tensor, cfg: SolverConfig,
@@ -38,13 +37,5 @@ def solve_with_peer(f: Callable[[Tensor], Tensor], z0: Tensor, cfg: SolverConfig
                    stop_mode=cfg.stop, **cfg.peer_kwargs)
     x = x.reshape(systems, size)
     fx = f(x.reshape(z0.shape)).reshape(systems, size)
-    gnorm = torch.linalg.vector_norm(fx - x, dim=1)
-    abs_res = gnorm / math.sqrt(size)
-    rel_res = gnorm / (torch.linalg.vector_norm(fx, dim=1) + cfg.eps)
-    res = rel_res if cfg.stop == "rel" else abs_res
-    shape = z0.shape[:batch_dims]
-    return x.reshape(z0.shape), SolverStats(
-        method=cfg.method, nfe=calls, nstep=torch.full(shape, calls - 1, dtype=torch.long, device=z0.device),
-        abs_residual=abs_res.reshape(shape), rel_residual=rel_res.reshape(shape),
-        converged=(res < cfg.tol).reshape(shape), nonfinite=(~torch.isfinite(res)).reshape(shape),
-    )
+    return x.reshape(z0.shape), final_stats(cfg.method, calls, calls - 1, x, fx, cfg.tol, cfg.stop, cfg.eps,
+                                            z0.shape[:batch_dims])

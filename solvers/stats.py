@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+def residuals(g: Tensor, fx: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Per-system (abs, rel) residuals of g = f(x) - x laid out as (S, N):
+    abs = ||g|| / sqrt(N), rel = ||g|| / (||f(x)|| + eps)."""
+    gnorm = torch.linalg.vector_norm(g, dim=1)
+    return gnorm / math.sqrt(g.shape[1]), gnorm / (torch.linalg.vector_norm(fx, dim=1) + eps)
 
 
 @dataclass
@@ -46,3 +54,15 @@ class SolverStats:
         if self.backward is not None:
             out.update(self.backward.summary(prefix + "bwd_"))
         return out
+
+
+def final_stats(method: str, nfe: int, nstep: int, x: Tensor, fx: Tensor, tol: float, stop: str, eps: float,
+                system_shape: torch.Size) -> SolverStats:
+    """Stats of a solve known only by its final iterate x and f(x), both (S, N), and a common step count."""
+    abs_res, rel_res = residuals(fx - x, fx, eps)
+    res = rel_res if stop == "rel" else abs_res
+    return SolverStats(
+        method=method, nfe=nfe, nstep=torch.full(system_shape, nstep, dtype=torch.long, device=x.device),
+        abs_residual=abs_res.reshape(system_shape), rel_residual=rel_res.reshape(system_shape),
+        converged=(res < tol).reshape(system_shape), nonfinite=(~torch.isfinite(res)).reshape(system_shape),
+    )
