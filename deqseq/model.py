@@ -61,6 +61,7 @@ class DEQSequenceModel(nn.Module):
         if config.tie_embeddings:
             self.head.tie(self.input.weight)
         self.last_stats: solvers.SolverStats | None = None
+        self.last_history: History | None = None  # what the last forward leaves for the next segment
 
     @property
     def settings(self) -> SolverSettings:
@@ -102,7 +103,7 @@ class DEQSequenceModel(nn.Module):
     ) -> ModelOutput:
         """Logits of the T positions of x (B, T) after the frozen `history` (None = a sequence start)."""
         out = self.deq(self.embed(x, cond), history=history, z0=z0, attn_mask=attn_mask, jacobian=jacobian)
-        self.last_stats = out.stats
+        self.last_stats, self.last_history = out.stats, out.history
         logits = self.head(self.deq.cell.readout(out.z))
         return ModelOutput(logits=logits, history=out.history, stats=out.stats, z=out.z, jac_penalty=out.jac_penalty)
 

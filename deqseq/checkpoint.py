@@ -1,0 +1,48 @@
+"""Checkpoints: atomic writes, safe loads (weights_only), and rebuilding a model from one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or not a deqseq checkpoint (a user error: exit code 2)."""
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write `state` to `path` atomically: a temporary file in the same folder, fsync, then rename, so a
+    crash or Ctrl-C mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict with `torch.load(weights_only=True)`; raise CheckpointError with one line."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        first_line = (str(err).splitlines() or [""])[0]
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {first_line}") from None
+    if not isinstance(state, dict) or not {"model", "config"} <= state.keys():
+        raise CheckpointError(f"{path} is not a deqseq checkpoint (no model weights and config)")
+    return state

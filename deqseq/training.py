@@ -1,0 +1,314 @@
+"""The training loop: AdamW with warmup + cosine decay, DEQ pretraining schedule, evaluation, checkpoints,
+exact resume, tracking, and data-parallel runs under torchrun."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .cells import History
+from .checkpoint import read_checkpoint, save_checkpoint
+from .config import Config, config_to_dict, dump_yaml
+from .data import Corpus, StreamBatcher, load_corpus
+from .model import DEQSequenceModel
+from .tracking import Tracker
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose before max_steps (non-finite losses); the message says why."""
+
+
+@dataclass
+class TrainResult:
+    """How a run ended."""
+
+    run_dir: Path
+    step: int
+    best_valid: float
+    valid: dict[str, float] | None
+    test: dict[str, float] | None
+    interrupted: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" picks CUDA when present, else CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(step: int, warmup: int, max_steps: int, floor: float) -> float:
+    """Linear warmup to 1, then cosine decay to `floor` at max_steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@contextmanager
+def stop_requests() -> Iterator[dict[str, bool]]:
+    """SIGINT/SIGTERM set a flag instead of killing the process, so the loop can save `last.pt` first."""
+    flag = {"stop": False}
+
+    def handler(signum, frame):  # noqa: ARG001
+        flag["stop"] = True
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _history_state(history: History | None) -> dict[str, Any] | None:
+    if history is None:
+        return None
+    return {f.name: getattr(history, f.name) for f in dataclasses.fields(history)}
+
+
+def _history_from_state(model: DEQSequenceModel, state: dict[str, Any] | None, device) -> History | None:
+    if state is None:
+        return None
+    kind = type(model.deq.cell.empty_history(1, device, torch.float32))
+    return kind(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.items()})
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def evaluate(model: DEQSequenceModel, ids: torch.Tensor, batch_size: int, seq_len: int, carry_history: bool,
+             max_batches: int, device: torch.device, unit: str) -> dict[str, float]:
+    """Mean NLL over the tokens of `ids` (history carried across segments when asked), with perplexity and
+    bits per unit (byte, char or token)."""
+    was_training = model.training
+    model.eval()
+    batcher = StreamBatcher(ids, batch_size, seq_len)
+    total, count, history = 0.0, 0, None
+    for i, batch in enumerate(batcher):
+        if max_batches and i >= max_batches:
+            break
+        x, t = batch["x"].to(device), batch["t"].to(device)
+        out = model(x, history=history)
+        total += float(model.head.nll(out.logits, t).sum())
+        count += t.numel()
+        history = out.history if carry_history else None
+    model.train(was_training)
+    nll = total / max(count, 1)
+    return {"nll": nll, "ppl": math.exp(min(nll, 50.0)), f"bits_per_{unit}": nll / math.log(2), "tokens": count}
+
+
+class Trainer:
+    """One training run: builds everything from a Config, then `run()`."""
+
+    def __init__(self, cfg: Config, resume_dir: str | Path | None = None, progress: bool = True) -> None:
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.device = resolve_device(cfg.run.device)
+        if self.device.type == "cuda" and self.distributed:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.dtype = torch.float64 if cfg.run.dtype == "float64" else torch.float32
+        torch.manual_seed(cfg.run.seed)
+        random.seed(cfg.run.seed)
+
+        self.corpus: Corpus = load_corpus(cfg.data.source, cfg.data.tokenizer)
+        model_cfg = replace(cfg.model, vocab_size=self.corpus.tokenizer.vocab_size)
+        if cfg.data.mem_len and model_cfg.cell == "transformer" and model_cfg.window is None:
+            model_cfg = replace(model_cfg, window=cfg.data.mem_len)
+        self.cfg = replace(cfg, model=model_cfg)
+        self.model = DEQSequenceModel(model_cfg, cfg.solver).to(self.device, self.dtype)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
+                                           weight_decay=cfg.train.weight_decay)
+        t = cfg.train
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, t.warmup_steps, t.max_steps, t.min_lr_ratio))
+        # Each rank reads its own batch_size streams out of batch_size * world parallel streams.
+        self.batcher = StreamBatcher(self.corpus.train, cfg.data.batch_size * self.world, cfg.data.seq_len)
+        self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
+        self.step, self.best_valid, self.nonfinite, self.history = 0, math.inf, 0, None
+        self.wandb_id: str | None = None
+        if resume_dir is not None or cfg.train.resume:
+            self._resume(Path(resume_dir) if resume_dir is not None else self.run_dir)
+        self.progress = progress and self.rank == 0
+        self.tracker = Tracker.disabled()
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "step": self.step, "data": self.batcher.state_dict(),
+            "rng": _rng_state(), "config": config_to_dict(self.cfg),
+            "tokenizer": self.corpus.tokenizer.state_dict(), "best_valid": self.best_valid,
+            "nonfinite": self.nonfinite, "history": _history_state(self.history), "wandb_id": self.wandb_id,
+        }
+
+    def save(self, name: str) -> None:
+        """Write runs/<name>/<name>.pt atomically (rank 0 only)."""
+        if self.rank == 0:
+            save_checkpoint(self.run_dir / name, self._state())
+
+    def _resume(self, run_dir: Path) -> None:
+        path = run_dir / "last.pt" if run_dir.is_dir() or not run_dir.suffix else run_dir
+        state = read_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.batcher.load_state_dict(state["data"])
+        self.step, self.best_valid, self.nonfinite = state["step"], state["best_valid"], state["nonfinite"]
+        self.history = _history_from_state(self.model, state.get("history"), self.device)
+        self.wandb_id = state.get("wandb_id")
+        _set_rng_state(state["rng"])
+
+    # -- one step ----------------------------------------------------------------------------------------
+    def _local(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        b = self.cfg.data.batch_size
+        return {k: v[self.rank * b:(self.rank + 1) * b].to(self.device) for k, v in batch.items()}
+
+    def _average_gradients(self) -> None:
+        # Gradients are averaged by hand rather than by DistributedDataParallel: DDP's reducer expects
+        # gradients from one forward through its wrapper, while the implicit backward runs a second,
+        # re-entrant autograd pass (the adjoint solve) that DDP's hooks do not know about.
+        for p in self.model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
+        """One optimisation step; returns its metrics, or None when the loss was not finite (step skipped)."""
+        t = self.cfg.train
+        pretraining = self.step < t.pretrain_steps
+        grad = t.pretrain_grad if pretraining else self.cfg.solver.grad
+        if self.model.settings.grad != grad:
+            self.model.settings = replace(self.model.settings, grad=grad)
+        batch = self._local(batch)
+        if self.cfg.data.mem_len:
+            batch["history"] = self.history
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, metrics = self.model.loss(batch)
+        finite = torch.isfinite(loss)
+        if self.distributed:  # every rank must agree to skip, or the all-reduce below would hang
+            flag = finite.float().to(self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = flag > 0
+        if not bool(finite):
+            self.nonfinite += 1
+            return None
+        self.nonfinite = 0
+        loss.backward()
+        if self.distributed:
+            self._average_gradients()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or math.inf)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.cfg.data.mem_len:
+            self.history = self.model.last_history
+        stats = self.model.last_stats
+        if stats is not None and stats.backward is not None:
+            metrics.update(stats.backward.summary("bwd_"))
+        metrics.update(lr=self.scheduler.get_last_lr()[0], grad_norm=float(grad_norm), pretraining=float(pretraining))
+        return metrics
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def _evaluate(self, split: str) -> dict[str, float]:
+        d, t = self.cfg.data, self.cfg.train
+        ids = self.corpus.valid if split == "valid" else self.corpus.test
+        return evaluate(self.model, ids, d.eval_batch_size, d.seq_len, bool(d.mem_len),
+                        t.eval_batches if split == "valid" else 0, self.device, self.corpus.unit)
+
+    def _open_tracking(self) -> None:
+        if self.rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
+        tr = self.cfg.tracking
+        self.tracker = Tracker(self.run_dir, tr.mode, tr.project, tr.run_name or self.cfg.run.name,
+                               config_to_dict(self.cfg), tr.entity, list(tr.tags), resume_id=self.wandb_id)
+        self.wandb_id = self.tracker.run_id
+        if self.corpus.entropy_rate is not None:  # synthetic sources: the best achievable NLL
+            self.tracker.log({"data_entropy_rate": self.corpus.entropy_rate}, self.step)
+
+    def run(self) -> TrainResult:
+        """Train to max_steps (or until stopped), evaluating and checkpointing on the way."""
+        t = self.cfg.train
+        self._open_tracking()
+        batches = self.batcher.cycle()
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True)
+        valid, interrupted = None, False
+        tokens = self.cfg.data.batch_size * self.cfg.data.seq_len * self.world
+        try:
+            with stop_requests() as requests:
+                while self.step < t.max_steps:
+                    start = time.perf_counter()
+                    metrics = self.train_step(next(batches))
+                    if metrics is None:
+                        self.tracker.log({"nonfinite_skips": float(self.nonfinite)}, self.step)
+                        if self.nonfinite >= t.max_nonfinite:
+                            raise TrainingStopped(
+                                f"stopped at step {self.step}: {self.nonfinite} consecutive non-finite losses; "
+                                f"the last good checkpoint is {self.run_dir / 'last.pt'}")
+                        continue
+                    self.step += 1
+                    metrics["tokens_per_s"] = tokens / (time.perf_counter() - start)
+                    if self.step % t.log_every == 0 or self.step == t.max_steps:
+                        self.tracker.log(metrics, self.step)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", nfe=int(metrics.get("fwd_nfe", 0)),
+                                    tok_s=f"{metrics['tokens_per_s']:.0f}")
+                    if t.eval_every and self.step % t.eval_every == 0:
+                        valid = self._evaluate("valid")
+                        self.tracker.log({f"valid_{k}": v for k, v in valid.items()}, self.step)
+                        if valid["nll"] < self.best_valid:
+                            self.best_valid = valid["nll"]
+                            self.save("best.pt")
+                    if t.save_every and self.step % t.save_every == 0:
+                        self.save("last.pt")
+                    if requests["stop"]:
+                        interrupted = True
+                        break
+            self.save("last.pt")
+            test = None
+            if not interrupted:
+                valid = self._evaluate("valid")
+                test = self._evaluate("test")
+                self.tracker.log({**{f"valid_{k}": v for k, v in valid.items()},
+                                  **{f"test_{k}": v for k, v in test.items()}}, self.step)
+                if valid["nll"] < self.best_valid:
+                    self.best_valid = valid["nll"]
+                    self.save("best.pt")
+            return TrainResult(self.run_dir, self.step, self.best_valid, valid, test, interrupted)
+        finally:
+            bar.close()
+            self.tracker.finish()
+
+
+def train(cfg: Config, resume_dir: str | Path | None = None, progress: bool = True) -> TrainResult:
+    """Build a Trainer from `cfg` (resuming from `resume_dir` or, with train.resume, from runs/<name>) and run it."""
+    return Trainer(cfg, resume_dir=resume_dir, progress=progress).run()
