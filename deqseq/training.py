@@ -20,7 +20,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .cells import History
-from .checkpoint import read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import Config, config_to_dict, dump_yaml
 from .data import Corpus, StreamBatcher, load_corpus
 from .model import DEQSequenceModel
@@ -155,8 +155,10 @@ class Trainer:
         self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
         self.step, self.best_valid, self.nonfinite, self.history = 0, math.inf, 0, None
         self.wandb_id: str | None = None
-        if resume_dir is not None or cfg.train.resume:
-            self._resume(Path(resume_dir) if resume_dir is not None else self.run_dir)
+        if resume_dir is not None:
+            self._resume(Path(resume_dir))
+        elif cfg.train.resume and (self.run_dir / "last.pt").is_file():  # train.resume: continue when it exists
+            self._resume(self.run_dir)
         self.progress = progress and self.rank == 0
         self.tracker = Tracker.disabled()
 
@@ -178,10 +180,14 @@ class Trainer:
     def _resume(self, run_dir: Path) -> None:
         path = run_dir / "last.pt" if run_dir.is_dir() or not run_dir.suffix else run_dir
         state = read_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:  # a checkpoint of another model or batching is a user error, not a bug
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.batcher.load_state_dict(state["data"])
+        except (RuntimeError, ValueError) as err:
+            reason = " ".join(" ".join(str(err).splitlines()[:2]).split())
+            raise CheckpointError(f"checkpoint {path} does not fit this config: {reason}") from None
         self.scheduler.load_state_dict(state["scheduler"])
-        self.batcher.load_state_dict(state["data"])
         self.step, self.best_valid, self.nonfinite = state["step"], state["best_valid"], state["nonfinite"]
         self.history = _history_from_state(self.model, state.get("history"), self.device)
         self.wandb_id = state.get("wandb_id")
@@ -193,9 +199,9 @@ class Trainer:
         return {k: v[self.rank * b:(self.rank + 1) * b].to(self.device) for k, v in batch.items()}
 
     def _average_gradients(self) -> None:
-        # Gradients are averaged by hand rather than by DistributedDataParallel: DDP's reducer expects
-        # gradients from one forward through its wrapper, while the implicit backward runs a second,
-        # re-entrant autograd pass (the adjoint solve) that DDP's hooks do not know about.
+        # Gradients are averaged by hand rather than by DistributedDataParallel: the loss comes from
+        # model.loss, not the wrapped forward DDP instruments, and the implicit backward runs a re-entrant
+        # autograd pass (the adjoint solve); one explicit all-reduce per step is simple and verifiable.
         for p in self.model.parameters():
             if p.grad is not None:
                 dist.all_reduce(p.grad)
