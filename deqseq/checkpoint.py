@@ -41,8 +41,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
-        first_line = (str(err).splitlines() or [""])[0]
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {first_line}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: not a readable torch checkpoint "
+                              f"({type(err).__name__})") from None
     if not isinstance(state, dict) or not {"model", "config"} <= state.keys():
         raise CheckpointError(f"{path} is not a deqseq checkpoint (no model weights and config)")
     return state

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .checkpoint import CheckpointError
-from .config import ConfigError, load_config
+from .checkpoint import CheckpointError, read_checkpoint
+from .config import ConfigError, apply_overrides, config_from_dict, load_config
 from .data import DataError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError)
@@ -32,7 +32,13 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.max_steps=200")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        if args.resume is not None and args.config is None:
+            # Without --config a resumed run keeps its own saved config (overrides still apply on top), so the
+            # printed hint `train.py --resume RUN_DIR` works for any run, not only for one with default settings.
+            saved = read_checkpoint(args.resume)["config"]
+            cfg = apply_overrides(config_from_dict(saved), args.overrides)
+        else:
+            cfg = load_config(args.config, args.overrides)
         result = train(cfg, resume_dir=args.resume, progress=not args.no_progress)
     except USER_ERRORS as err:
         print(f"train.py: error: {err}", file=sys.stderr)

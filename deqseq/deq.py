@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils import parametrize
 
 import solvers
@@ -105,7 +106,8 @@ class DEQLayer(nn.Module):
     def _jacobian_penalty(f, z: Tensor) -> Tensor:
         """Hutchinson estimate of ||df/dz||_F^2 / numel at z (detached when autograd is off)."""
         grad_on = torch.is_grad_enabled()
-        with torch.enable_grad():
+        # The penalty is differentiated twice; the fused CPU attention kernels have no double backward.
+        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
             z_leaf = z.detach().requires_grad_()
             penalty = solvers.jacobian_penalty(f(z_leaf), z_leaf)
         return penalty if grad_on else penalty.detach()

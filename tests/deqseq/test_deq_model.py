@@ -358,3 +358,15 @@ def test_default_transformer_converges_within_default_solver_budget():
             results[skip] = model(x).stats
     assert bool(results[False].converged.all()) and float(results[False].rel_residual.max()) < 1e-4
     assert not bool(results[True].converged.all())
+
+
+def test_transformer_jacobian_penalty_is_differentiable():
+    # The penalty is differentiated twice; CPU flash attention has no double backward, so the layer must
+    # evaluate it with the math kernel.
+    torch.manual_seed(0)
+    model = DEQSequenceModel(ModelConfig(d_model=16, n_heads=2, d_ff=32),
+                             SolverSettings(jac_weight=1.0, jac_prob=1.0)).train()
+    loss, metrics = model.loss({"x": torch.randint(0, 256, (2, 8))})
+    loss.backward()
+    assert metrics["jac"] > 0
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
