@@ -145,6 +145,12 @@ class Trainer:
             model_cfg = replace(model_cfg, window=cfg.data.mem_len)
         self.cfg = replace(cfg, model=model_cfg)
         self.model = DEQSequenceModel(model_cfg, cfg.solver).to(self.device, self.dtype)
+        if cfg.run.compile:  # the cell is what the solver calls every iteration
+            # The adjoint solve backpropagates through f(z*) many times (retain_graph), which compiled
+            # graphs only allow without donated buffers.
+            torch._functorch.config.donated_buffer = False
+            self.model.deq.cell.forward = torch.compile(self.model.deq.cell.forward, dynamic=True)
+        self.autocast = self.device.type == "cuda" and cfg.run.amp in ("auto", "bf16")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                                            weight_decay=cfg.train.weight_decay)
         t = cfg.train
@@ -218,7 +224,8 @@ class Trainer:
         if self.cfg.data.mem_len:
             batch["history"] = self.history
         self.optimizer.zero_grad(set_to_none=True)
-        loss, metrics = self.model.loss(batch)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            loss, metrics = self.model.loss(batch)
         finite = torch.isfinite(loss)
         if self.distributed:  # every rank must agree to skip, or the all-reduce below would hang
             flag = finite.float().to(self.device)
