@@ -13,7 +13,6 @@ Writes JSON and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import write_json  # noqa: E402
 from deqseq import DEQSequenceModel, ModelConfig, SolverSettings  # noqa: E402
 from solvers import SolverConfig  # noqa: E402
 
@@ -103,10 +103,7 @@ def main() -> None:
         print(f"{row['prefix']:>8}{row['incremental_ms']:>16.2f}{row['naive_ms']:>10.1f}{row['speedup_vs_naive']:>8.1f}x"
               f"{row['explicit_kv_ms']:>16.2f}{row['ratio_vs_explicit']:>14.2f}{row['iters_per_token']:>13.1f}"
               f"{row['incremental_ms'] / base:>9.2f}x")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"threads": args.threads, "torch": torch.__version__, "rows": rows},
-                                         indent=2))
-    print(f"wrote {args.out}")
+    write_json(args.out, {"threads": args.threads, "torch": torch.__version__, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ torch.cuda.max_memory_allocated. Writes JSON and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import write_json  # noqa: E402
 from deqseq import DEQSequenceModel, ModelConfig, SolverSettings  # noqa: E402
 from solvers import SolverConfig  # noqa: E402
 
@@ -71,10 +71,8 @@ def main() -> None:
         print(f"{r['mode']:<24}{r['saved_mib']:>24.2f}{r['forward_nfe']:>13}")
     print(f"implicit 30 / implicit 5: {ratios['implicit30_over_implicit5']:.3f}  (target <= 1.1)")
     print(f"unrolled:30 / implicit 30: {ratios['unrolled30_over_implicit30']:.1f}x  (target >= 5)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"device": str(device), "rows": rows, "ratios": ratios,
-                                          "shape": [args.batch, args.seq_len, args.d_model]}, indent=2))
-    print(f"wrote {args.out}")
+    write_json(args.out, {"device": str(device), "rows": rows, "ratios": ratios,
+                          "shape": [args.batch, args.seq_len, args.d_model]})
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ best any model can do); on stdlib sources it is test bits per byte after the sam
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import write_json  # noqa: E402
 from deqseq.config import load_config  # noqa: E402
 from deqseq.training import Trainer  # noqa: E402
 
@@ -62,9 +62,7 @@ def main() -> None:
         for name, label in (("deq", "DEQ (implicit)"), ("explicit", f"explicit unrolled:{args.layers}")):
             r = results["stdlib"][name]
             print(f"{label:<22}{r['test']['bits_per_byte']:>15.4f}{r['seconds'] / 60:>9.1f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":

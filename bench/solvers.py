@@ -9,7 +9,6 @@ tolerance, median of --repeats), the final residual, and the share of wall time 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -21,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.problems import attention_problem, tanh_map  # noqa: E402
+from bench.report import write_json  # noqa: E402
 from solvers import SolverConfig, solve, spectral_radius  # noqa: E402
 
 OURS = ("broyden", "anderson", "picard")
@@ -148,9 +148,7 @@ def main() -> None:
     print(f"  our Broyden time outside f: {targets['broyden_outside_f_1e-4']:.0%}  (target <= 30%; "
           f"torchdeq Broyden: {targets['peer_broyden_outside_f_1e-4']:.0%})")
     print(f"  Anderson nfe: ours {targets['anderson_nfe_1e-4']}, torchdeq {targets['peer_anderson_nfe_1e-4']}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {args.out}")
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":
