@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .data import Tokenizer
+    from .model import DEQSequenceModel
 
 
 class CheckpointError(ValueError):
@@ -46,3 +51,29 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or not {"model", "config"} <= state.keys():
         raise CheckpointError(f"{path} is not a deqseq checkpoint (no model weights and config)")
     return state
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[DEQSequenceModel, Tokenizer, Config]:
+    """The model (in eval mode, on `device`, in the run's dtype), tokenizer and config saved in a checkpoint
+    (a .pt file, or a run directory for its last.pt); CheckpointError with one line when it cannot be used."""
+    from .config import ConfigError, config_from_dict
+    from .data import DataError, tokenizer_from_state
+    from .model import DEQSequenceModel
+
+    state = read_checkpoint(path, map_location=device)
+    try:
+        config = config_from_dict(state["config"])
+        saved_tokenizer = state.get("tokenizer") or {"name": "id", "vocab_size": config.model.vocab_size}
+        tokenizer = tokenizer_from_state(saved_tokenizer)
+    except (ConfigError, DataError) as err:
+        raise CheckpointError(f"checkpoint {path} has an unusable config or tokenizer: {err}") from None
+    dtype = torch.float64 if config.run.dtype == "float64" else torch.float32
+    model = DEQSequenceModel(config.model, config.solver).to(device=device, dtype=dtype)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, ValueError) as err:
+        reason = " ".join(" ".join(str(err).splitlines()[:2]).split())
+        raise CheckpointError(f"checkpoint {path} does not match its own config: {reason}") from None
+    return model.eval(), tokenizer, config

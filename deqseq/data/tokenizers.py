@@ -42,6 +42,11 @@ class Tokenizer(ABC):
     def decode(self, ids: Iterable[int]) -> str:
         """Text of a sequence of ids (a list or a 1-D tensor)."""
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """Ids of a user's prompt: like encode, but a symbol the vocabulary lacks is an UnknownSymbolError even
+        where encode would map it to a placeholder."""
+        return self.encode(text)
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to rebuild this tokenizer, as JSON-able python types (see tokenizer_from_state)."""
         return {"name": self.name, **self._state()}
@@ -177,6 +182,14 @@ class WordTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         """Ids of the words of text, `<eos>` per line break, `<unk>` for unknown words."""
         return self.encode_words(self.split(text))
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Ids of the words of text; an unknown word raises UnknownSymbolError (write `<unk>` to mean it)."""
+        words = self.split(text)
+        for pos, w in enumerate(words):
+            if w not in self._index:
+                raise UnknownSymbolError(w, pos, self.name, self.vocab_size, kind="word")
+        return self.encode_words(words)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Words joined by spaces, with a line break for each `<eos>`."""

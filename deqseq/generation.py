@@ -1,0 +1,271 @@
+"""Token-by-token generation from frozen equilibria.
+
+A causal DEQ's equilibrium at position t depends only on positions <= t, so once a position is solved its z*
+can be frozen: the cell keeps what later positions need of it (a transformer's keys and values, a trellis's
+left window) as history, like a KV cache. The prompt is solved once at sequence level (prefill); every new
+token then solves a single position against that history, never re-solving the prefix.
+`check_equivalence` proves, for a given model and sequence, that this computes the same equilibria as one
+sequence-level solve.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .cells import History
+from .model import DEQSequenceModel
+from .sampling import SamplingConfig, sample_next
+
+
+@dataclass
+class TokenStep:
+    """One generated position, for all N sequences (N = prompts x num_samples).
+
+    ids:        (N,) the sampled tokens (the stop token again for sequences that had already stopped).
+    logprobs:   (N,) their log-probabilities under the model (temperature 1, no filtering).
+    iterations: (N,) solver iterations of the solve whose logits the token was drawn from (for the first
+                token, the prefill of the prompt).
+    residual:   (N,) relative residual ||f(z)-z|| / ||f(z)|| that solve stopped at.
+    converged:  (N,) whether it reached the solver tolerance.
+    finished:   (N,) whether the sequence has emitted a stop token (at this step or earlier).
+    seconds:    wall time of that solve plus the sampling (for the first token, the prompt's prefill).
+    """
+
+    index: int
+    ids: Tensor
+    logprobs: Tensor
+    iterations: Tensor
+    residual: Tensor
+    converged: Tensor
+    finished: Tensor
+    seconds: float
+
+
+@dataclass
+class Generation:
+    """Everything `generate(..., details=True)` returns.
+
+    ids:       (N, P + G) prompt followed by the G generated tokens; row i is prompt i // num_samples.
+    logprobs:  (N, G) model log-probability of each generated token.
+    lengths:   (N,) number of generated tokens up to and including the first stop token (G without one).
+    steps:     the per-token TokenSteps (solver iterations, residuals, timing); steps[0] holds the prompt's
+               sequence-level solve (prefill) and the first sample.
+    """
+
+    ids: Tensor
+    logprobs: Tensor
+    lengths: Tensor
+    prompt_len: int
+    steps: list[TokenStep] = field(default_factory=list)
+
+    @property
+    def new_ids(self) -> Tensor:
+        """(N, G) the generated tokens only."""
+        return self.ids[:, self.prompt_len :]
+
+    @property
+    def prefill_seconds(self) -> float:
+        """Time of the prompt's solve and the first sample."""
+        return self.steps[0].seconds if self.steps else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Tokens per second over all N sequences after the first (one single-position solve each)."""
+        seconds = sum(s.seconds for s in self.steps[1:])
+        return self.ids.shape[0] * (len(self.steps) - 1) / seconds if seconds > 0 else float("nan")
+
+    @property
+    def mean_iterations(self) -> float:
+        """Mean solver iterations per generated token (the first token's prefill solve excluded)."""
+        later = [s.iterations.float().mean().item() for s in self.steps[1:]]
+        return sum(later) / len(later) if later else float("nan")
+
+
+def as_prompt(prompt: Tensor | Sequence[int] | Sequence[Sequence[int]], device: torch.device) -> Tensor:
+    """A (B, P) int64 tensor from ids given as (P,) / (B, P) tensor or (nested) lists; P >= 1, equal lengths."""
+    if isinstance(prompt, Tensor):
+        ids = prompt
+    else:
+        rows = list(prompt)
+        if rows and not isinstance(rows[0], int | Tensor) and len({len(r) for r in rows}) > 1:
+            raise ValueError("prompts in one batch must have the same length (one history offset per batch)")
+        empty = not rows or (not isinstance(rows[0], int) and len(rows[0]) == 0)
+        ids = torch.as_tensor(rows, dtype=torch.long if empty else None)
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise ValueError(f"prompt must be integer ids of shape (P,) or (B, P), got {ids.dtype} {tuple(ids.shape)}")
+    if ids.shape[1] < 1:
+        raise ValueError("prompt is empty: generation needs at least one token to condition on")
+    return ids.to(device=device, dtype=torch.long)
+
+
+@contextmanager
+def history_window(model: DEQSequenceModel, mem_len: int | None) -> Iterator[None]:
+    """Within the block, the transformer cell keeps only the last `mem_len` frozen positions as history, and
+    every query attends to at most mem_len earlier positions, in whole-sequence and incremental solves alike
+    (so the two still agree). None keeps the model's own setting. Cells with a bounded history (trellis) are
+    unaffected."""
+    cell = model.deq.cell
+    if mem_len is None or not hasattr(cell, "window"):
+        yield
+        return
+    if mem_len < 0:
+        raise ValueError(f"mem_len must be None or >= 0, got {mem_len}")
+    saved = cell.window
+    cell.window = mem_len
+    try:
+        yield
+    finally:
+        cell.window = saved
+
+
+def _stop_ids(stop: int | Sequence[int] | None, device: torch.device) -> Tensor:
+    if stop is None:
+        return torch.empty(0, dtype=torch.long, device=device)
+    return torch.as_tensor([stop] if isinstance(stop, int) else list(stop), dtype=torch.long, device=device)
+
+
+def _cond_at(cond: Tensor | None, start: int, stop: int) -> Tensor | None:
+    """The conditioning of positions [start, stop): global (N, C) as is, local (N, T, C) sliced."""
+    if cond is None or cond.dim() == 2:
+        return cond
+    return cond[:, start:stop]
+
+
+def _check_cond(cond: Tensor | None, batch: int, total: int) -> None:
+    if cond is None:
+        return
+    if cond.dim() == 3 and cond.shape[1] < total - 1:
+        raise ValueError(f"local conditioning must cover the prompt and every generated position but the last "
+                         f"({total - 1} positions), got {cond.shape[1]}")
+    if cond.shape[0] != batch:
+        raise ValueError(f"cond has batch size {cond.shape[0]} but there are {batch} prompts")
+
+
+def _solve_stats(stats) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sequence iterations, relative residual and convergence of a solve (its last position's system)."""
+    def last(t: Tensor) -> Tensor:
+        return t.reshape(t.shape[0], -1)[:, -1] if t.dim() > 1 else t
+
+    return last(stats.nstep), last(stats.rel_residual), last(stats.converged)
+
+
+def stream(
+    model: DEQSequenceModel,
+    prompt: Tensor | Sequence[int] | Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+    num_samples: int = 1,
+    stop: int | Sequence[int] | None = None,
+    cond: Tensor | None = None,
+    mem_len: int | None = None,
+    warm_start: bool = False,
+) -> Iterator[TokenStep]:
+    """Generate like `generate`, yielding each position's TokenStep as soon as its tokens are sampled."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty)
+    device = next(model.parameters()).device
+    ids = as_prompt(prompt, device)
+    batch, prompt_len = ids.shape
+    _check_cond(cond, batch, prompt_len + max_new_tokens)
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    stop_ids = _stop_ids(stop, device)
+    fan_out = torch.arange(batch, device=device).repeat_interleave(num_samples)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), history_window(model, mem_len):
+            start = time.perf_counter()
+            # Prefill: the prompt's positions in one solve, once per prompt; samples share it.
+            out = model(ids, cond=_cond_at(cond, 0, prompt_len))
+            history: History = out.history.select(fan_out)
+            logits, z = out.logits[:, -1][fan_out], out.z[:, -1:][fan_out]
+            iterations, residual, converged = (t[fan_out] for t in _solve_stats(out.stats))
+            ids = ids[fan_out]
+            cond = cond[fan_out] if cond is not None else None
+            finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+            for index in range(max_new_tokens):
+                token = sample_next(logits, sampling, generator, previous=ids)
+                if stop_ids.numel():
+                    token = torch.where(finished, stop_ids[0], token)
+                    finished = finished | torch.isin(token, stop_ids)
+                wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # no log-softmax in bf16
+                logprobs = torch.log_softmax(wide, dim=-1).gather(1, token[:, None])[:, 0]
+                ids = torch.cat([ids, token[:, None]], dim=1)
+                yield TokenStep(index, token, logprobs, iterations, residual, converged, finished.clone(),
+                                time.perf_counter() - start)
+                if index == max_new_tokens - 1 or bool(finished.all()):
+                    return
+                start = time.perf_counter()
+                position = prompt_len + index
+                out = model(token[:, None], history=history, cond=_cond_at(cond, position, position + 1),
+                            z0=z if warm_start else None)
+                history, logits, z = out.history, out.logits[:, -1], out.z
+                iterations, residual, converged = _solve_stats(out.stats)
+    finally:
+        model.train(was_training)
+
+
+def generate(
+    model: DEQSequenceModel,
+    prompt: Tensor | Sequence[int] | Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+    num_samples: int = 1,
+    stop: int | Sequence[int] | None = None,
+    cond: Tensor | None = None,
+    mem_len: int | None = None,
+    warm_start: bool = False,
+    details: bool = False,
+) -> Tensor | Generation:
+    """Continue each prompt by up to max_new_tokens sampled tokens, solving one new position per token.
+
+    prompt:      ids (P,) or (B, P) (or lists); all prompts of a batch have the same length.
+    temperature: 0 = greedy; top_k, top_p (nucleus) and repetition_penalty as in `SamplingConfig`.
+    seed:        seeds a private generator, so the same seed gives the same samples (None = random).
+    num_samples: continuations per prompt; they share the prompt's prefill. Output row i continues
+                 prompt i // num_samples.
+    stop:        token id(s) that end a sequence; later positions repeat the stop token, and generation ends
+                 when every sequence has stopped.
+    cond:        conditioning (B, C) global, or (B, P + max_new_tokens - 1, C) local, covering future positions.
+    mem_len:     keep only the last mem_len positions as a transformer's history (a sliding attention window),
+                 bounding memory and time per token for long generations; None keeps the model's window.
+    warm_start:  start each position's solve from the previous position's equilibrium instead of zeros.
+    Returns the (N, P + G) ids, or a `Generation` with log-probabilities and solver stats when details=True.
+    """
+    steps = list(stream(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
+                        num_samples, stop, cond, mem_len, warm_start))
+    prompt_ids = as_prompt(prompt, next(model.parameters()).device)
+    prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
+    new = torch.stack([s.ids for s in steps], dim=1)
+    ids = torch.cat([prompt_ids, new], dim=1)
+    if not details:
+        return ids
+    finished = torch.stack([s.finished for s in steps], dim=1)
+    # Position of the first stop token + 1, or every generated token when a sequence never stopped.
+    lengths = torch.where(finished.any(1), finished.int().argmax(1) + 1, len(steps))
+    return Generation(ids=ids, logprobs=torch.stack([s.logprobs for s in steps], dim=1), lengths=lengths,
+                      prompt_len=prompt_ids.shape[1], steps=steps)

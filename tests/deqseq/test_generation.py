@@ -1,0 +1,245 @@
+"""Cached generation from frozen equilibria against naive re-solving of the whole prefix, sampling options
+end to end, streaming, conditioning, history windows, and scoring against the training loss."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from deqseq import DEQSequenceModel, ModelConfig, SolverSettings, generate, score, stream
+from deqseq.generation import as_prompt, history_window
+from deqseq.training import evaluate
+from solvers import SolverConfig
+
+VOCAB = 13
+CELLS = {
+    "transformer": dict(cell="transformer"),
+    "trellis": dict(cell="trellis", kernel_size=3, dilation=2),
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(cell: str, dtype=torch.float64, tol: float = 1e-11, seed: int = 0, **extra) -> DEQSequenceModel:
+    """A small random model whose logits are spread enough for sampling tests (scaled-up head)."""
+    torch.manual_seed(seed)
+    settings = SolverSettings(forward=SolverConfig(method="anderson", max_iter=300, tol=tol), batch_dims=2)
+    model = DEQSequenceModel(ModelConfig(vocab_size=VOCAB, d_model=16, n_heads=2, d_ff=32, **CELLS[cell], **extra),
+                             settings).to(dtype)
+    with torch.no_grad():
+        model.head.proj.weight.mul_(4.0)
+    return model.eval()
+
+
+def naive_greedy(model: DEQSequenceModel, prompt: torch.Tensor, n: int, cond=None) -> tuple[torch.Tensor, list]:
+    """Greedy decoding that re-solves the whole prefix for every new token; also the logits of each step."""
+    ids, logits = prompt.clone(), []
+    with torch.no_grad():
+        for _ in range(n):
+            c = cond[:, : ids.shape[1]] if cond is not None and cond.dim() == 3 else cond
+            last = model(ids, cond=c).logits[:, -1]
+            logits.append(last)
+            ids = torch.cat([ids, last.argmax(-1, keepdim=True)], dim=1)
+    return ids, logits
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_cached_greedy_equals_naive_re_solving_in_float64(cell):
+    model = make_model(cell)
+    prompt = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(1))
+    out = generate(model, prompt, 24, temperature=0, details=True)
+    expected, logits = naive_greedy(model, prompt, 24)
+    assert torch.equal(out.ids, expected)
+    naive_logprobs = torch.stack([torch.log_softmax(lg, -1).gather(1, t[:, None])[:, 0]
+                                  for lg, t in zip(logits, expected[:, 6:].T, strict=True)], dim=1)
+    assert (out.logprobs - naive_logprobs).abs().max().item() < 1e-9
+    assert out.lengths.tolist() == [24, 24]
+    assert all(bool(s.converged.all()) for s in out.steps)
+    # One single-position solve per token: far fewer iterations than the prefix re-solves.
+    assert 1 <= out.mean_iterations < 40
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_float32_logits_agree_within_the_solver_tolerance(cell):
+    model = make_model(cell, dtype=torch.float32, tol=1e-5)
+    prompt = torch.randint(0, VOCAB, (3, 5), generator=torch.Generator().manual_seed(2))
+    out = generate(model, prompt, 16, temperature=0, details=True)
+    # Re-solve the finished sequence at once and read the log-probabilities of the generated tokens.
+    with torch.no_grad():
+        full = model(out.ids).logits[:, 4:-1].double()
+    naive = torch.log_softmax(full, -1).gather(2, out.new_ids[..., None])[..., 0]
+    # rel tolerance 1e-5 of states of norm ~4 through a head of logit scale ~10: differences of ~1e-4 at most.
+    assert (out.logprobs.double() - naive).abs().max().item() < 2e-3
+    assert torch.equal(out.new_ids, full.argmax(-1))
+
+
+def test_warm_start_and_history_select_keep_the_same_tokens():
+    # Warm starts reach the same equilibrium only where it is unique; shrink the attention weights so the
+    # cell contracts. (Where f has several fixed points a warm start can land on another one: it is off by
+    # default, and zeros, which training and the sequence-level solve use, are the reference start.)
+    model = make_model("transformer")
+    with torch.no_grad():
+        model.deq.cell.qkv.weight.mul_(0.5)
+    prompt = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(3))
+    cold = generate(model, prompt, 12, temperature=0, details=True)
+    warm = generate(model, prompt, 12, temperature=0, warm_start=True, details=True)
+    assert torch.equal(cold.ids, warm.ids)
+    assert (cold.logprobs - warm.logprobs).abs().max().item() < 1e-9
+    assert warm.mean_iterations < cold.mean_iterations
+    fanned = generate(model, prompt, 12, temperature=0, num_samples=3)  # prefill once, history fanned out
+    assert torch.equal(fanned, cold.ids.repeat_interleave(3, dim=0))
+
+
+def test_same_seed_same_samples_and_seeds_differ():
+    model = make_model("transformer", dtype=torch.float32, tol=1e-4)
+    prompt = [1, 2, 3]
+    a = generate(model, prompt, 30, seed=7, num_samples=4)
+    b = generate(model, prompt, 30, seed=7, num_samples=4)
+    c = generate(model, prompt, 30, seed=8, num_samples=4)
+    assert torch.equal(a, b)
+    assert (a[:, 3:] != c[:, 3:]).float().mean().item() > 0.3
+    assert a.shape == (4, 33) and torch.equal(a[:, :3], torch.tensor([[1, 2, 3]] * 4))
+
+
+def test_top_k_generation_stays_inside_the_k_best():
+    model = make_model("trellis", dtype=torch.float32, tol=1e-5)
+    steps = list(stream(model, [4, 5], 10, top_k=2, seed=0, num_samples=16))
+    out = generate(model, [4, 5], 10, top_k=2, seed=0, num_samples=16)
+    # Each token is among the 2 largest logits of the equilibrium of its prefix, re-solved from scratch.
+    with torch.no_grad():
+        logits = model(out[:, :-1]).logits[:, 1:]
+    top2 = logits.topk(2, dim=-1).indices
+    assert (top2 == out[:, 2:, None]).any(-1).all()
+    assert torch.equal(torch.stack([s.ids for s in steps], 1), out[:, 2:])  # streaming = non-streaming
+
+
+def test_first_token_frequencies_match_the_model_distribution():
+    model = make_model("transformer", dtype=torch.float64)
+    prompt = torch.tensor([[3, 1, 4]])
+    with torch.no_grad():
+        probs = torch.softmax(model(prompt).logits[0, -1], -1)
+    n = 6000
+    first = generate(model, prompt, 1, seed=123, num_samples=n)[:, -1]
+    counts = torch.bincount(first, minlength=VOCAB).double()
+    # Merge rare tokens so every expected count is >= 5, as the chi-square test needs.
+    keep = probs * n >= 5
+    observed = torch.cat([counts[keep], counts[~keep].sum()[None]])
+    expected = torch.cat([probs[keep], probs[~keep].sum()[None]]) * n
+    assert keep.sum() >= 4
+    assert chisquare(observed.numpy(), expected.numpy()).pvalue > 1e-3
+    # and at temperature 0.5 the frequencies follow softmax(logits / 0.5), not the model's distribution
+    cold = generate(model, prompt, 1, temperature=0.5, seed=5, num_samples=n)[:, -1]
+    counts = torch.bincount(cold, minlength=VOCAB).double()
+    sharp = torch.softmax(model(prompt).logits[0, -1] / 0.5, -1).detach()
+    keep = sharp * n >= 5
+    observed = torch.cat([counts[keep], counts[~keep].sum()[None]])
+    expected = torch.cat([sharp[keep], sharp[~keep].sum()[None]]) * n
+    assert chisquare(observed.numpy(), expected.numpy()).pvalue > 1e-3
+
+
+def test_repetition_penalty_lowers_repeated_tokens():
+    model = make_model("transformer", dtype=torch.float64)
+    prompt = torch.tensor([[2, 2, 2, 2]])
+    n = 3000
+    plain = generate(model, prompt, 1, seed=1, num_samples=n)[:, -1]
+    penalised = generate(model, prompt, 1, seed=1, num_samples=n, repetition_penalty=3.0)[:, -1]
+    # token 2 appears in the prompt: its frequency must drop (or stay zero)
+    assert (penalised == 2).sum() < (plain == 2).sum() or (plain == 2).sum() == 0
+    with torch.no_grad():
+        logits = model(prompt).logits[0, -1]
+    p_plain = torch.softmax(logits, -1)[2]
+    adj = logits.clone()
+    adj[2] = adj[2] / 3.0 if adj[2] > 0 else adj[2] * 3.0
+    assert torch.softmax(adj, -1)[2] < p_plain
+
+
+def test_stop_tokens_end_sequences_and_pad_with_the_stop_token():
+    model = make_model("transformer")
+    prompt = torch.randint(0, VOCAB, (3, 4), generator=torch.Generator().manual_seed(4))
+    free = generate(model, prompt, 20, temperature=0, details=True)
+    stop = int(free.new_ids[0, 5])  # greedy row 0 emits this token at step 5 (or earlier)
+    out = generate(model, prompt, 20, temperature=0, stop=stop, details=True)
+    first = int((free.new_ids[0] == stop).nonzero()[0])
+    assert out.lengths[0].item() == first + 1
+    assert torch.equal(out.new_ids[0, : first + 1], free.new_ids[0, : first + 1])
+    assert (out.new_ids[0, first:] == stop).all()
+    for row in range(3):  # rows without the stop token run to the end unchanged
+        hits = (free.new_ids[row] == stop).nonzero()
+        if len(hits) == 0:
+            assert out.lengths[row].item() == out.new_ids.shape[1]
+    everyone = generate(model, prompt[:1], 20, temperature=0, stop=stop, details=True)
+    assert len(everyone.steps) == first + 1  # generation ends once every sequence stopped
+
+
+def test_history_window_bounds_memory_and_matches_naive_with_the_same_window():
+    model = make_model("transformer")
+    prompt = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(5))
+    out = generate(model, prompt, 20, temperature=0, mem_len=5, details=True)
+    assert model.deq.cell.window is None  # restored
+    assert model.last_history.k.shape[2] == 5  # the cache never holds more than the window
+    with history_window(model, 5):
+        expected, _ = naive_greedy(model, prompt, 20)
+    assert torch.equal(out.ids, expected)
+    full = generate(model, prompt, 20, temperature=0, details=True)
+    assert full.logprobs[:, 6:].sub(out.logprobs[:, 6:]).abs().max() > 1e-6  # the window does change the model
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_conditioning_in_generation_equals_naive(local):
+    torch.manual_seed(0)
+    model = make_model("transformer", cond_dim=3)
+    prompt = torch.randint(0, VOCAB, (2, 4), generator=torch.Generator().manual_seed(6))
+    cond = torch.randn(2, 4 + 10, 3, dtype=torch.float64) if local else torch.randn(2, 3, dtype=torch.float64)
+    out = generate(model, prompt, 10, temperature=0, cond=cond)
+    expected, _ = naive_greedy(model, prompt, 10, cond=cond)
+    assert torch.equal(out, expected)
+    unconditioned = generate(model, prompt, 10, temperature=0, cond=torch.zeros_like(cond))
+    assert not torch.equal(out, unconditioned)
+    if local:
+        with pytest.raises(ValueError, match="local conditioning must cover"):
+            generate(model, prompt, 10, temperature=0, cond=cond[:, :8])
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_score_equals_the_training_loss_on_the_same_text(cell):
+    model = make_model(cell, tol=1e-11)
+    ids = torch.randint(0, VOCAB, (61,), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        loss, _ = model.loss({"x": ids[None]})
+    carried = score(model, ids, segment_len=8)  # 8 segments of 7.5 on average, history carried
+    assert carried.tokens == 60
+    assert abs(carried.nll - loss.item()) < 1e-9
+    assert carried.ppl == pytest.approx(math.exp(carried.nll)) and carried.bits == pytest.approx(carried.nll / math.log(2))
+    # Without history each segment starts afresh, exactly as training evaluation scores with data.mem_len=0.
+    fresh = score(model, ids, segment_len=8, carry_history=False)
+    reference = evaluate(model, ids, batch_size=1, seq_len=8, carry_history=False, max_batches=0,
+                         device=torch.device("cpu"), unit="token")
+    assert abs(fresh.nll - reference["nll"]) < 1e-12 and fresh.tokens == reference["tokens"]
+    assert abs(fresh.nll - carried.nll) > 1e-4
+
+
+def test_bad_arguments_raise_one_line_errors():
+    model = make_model("transformer", dtype=torch.float32, tol=1e-4)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, [1], 0)
+    with pytest.raises(ValueError, match="num_samples"):
+        generate(model, [1], 3, num_samples=0)
+    with pytest.raises(ValueError, match="top_p"):
+        generate(model, [1], 3, top_p=0.0)
+    with pytest.raises(ValueError, match="empty"):
+        as_prompt([], torch.device("cpu"))
+    with pytest.raises(ValueError, match="same length"):
+        as_prompt([[1, 2], [3]], torch.device("cpu"))
+    with pytest.raises(ValueError, match="integer ids"):
+        as_prompt(torch.zeros(2, 3), torch.device("cpu"))
+    assert model.training is False
