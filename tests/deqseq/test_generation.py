@@ -219,7 +219,8 @@ def test_score_equals_the_training_loss_on_the_same_text(cell):
     carried = score(model, ids, segment_len=8)  # 8 segments of 7.5 on average, history carried
     assert carried.tokens == 60
     assert abs(carried.nll - loss.item()) < 1e-9
-    assert carried.ppl == pytest.approx(math.exp(carried.nll)) and carried.bits == pytest.approx(carried.nll / math.log(2))
+    assert carried.ppl == pytest.approx(math.exp(carried.nll))
+    assert carried.bits == pytest.approx(carried.nll / math.log(2))
     # Without history each segment starts afresh, exactly as training evaluation scores with data.mem_len=0.
     fresh = score(model, ids, segment_len=8, carry_history=False)
     reference = evaluate(model, ids, batch_size=1, seq_len=8, carry_history=False, max_batches=0,

@@ -1,0 +1,135 @@
+"""Generation benchmark: tokens/s of cached DEQ decoding against re-solving the prefix and an explicit decoder.
+
+For total lengths L (prompt + generated, default 64, 256, 1024), greedy decoding of the last G tokens with
+  (a) deqseq cached decoding: `deqseq.stream`, one single-position solve per token against frozen history;
+  (b) naive: re-solve the whole prefix for every new token (what a DEQ without a history cache must do);
+  (c) an explicit weight-tied transformer of the same cell and width with K layers and a per-layer KV cache,
+      injection and rotary tables computed once per token (a standard cached decoder step). K is the DEQ's
+      mean number of cell evaluations per token (solver iterations + 1: the solver evaluates f at its start
+      point too), so (a) and (c) apply the cell equally often; the table also gives (c) at K = iterations.
+(a) and (b) must emit the same tokens; the benchmark reports mismatches. Writes JSON and prints a table.
+
+    python bench/generation.py [--threads 2] [--lengths 64 256 1024] [--new 16] [--checkpoint RUN/last.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import write_json  # noqa: E402
+from deqseq import DEQSequenceModel, ModelConfig, SolverSettings, load_checkpoint, stream  # noqa: E402
+from solvers import SolverConfig  # noqa: E402
+
+
+def naive_decode(model: DEQSequenceModel, prompt: torch.Tensor, new: int) -> tuple[torch.Tensor, list[float]]:
+    """Greedy tokens and per-token seconds, re-solving every prefix from scratch."""
+    ids, seconds = prompt, []
+    for _ in range(new):
+        start = time.perf_counter()
+        token = model(ids).logits[:, -1].argmax(-1, keepdim=True)
+        seconds.append(time.perf_counter() - start)
+        ids = torch.cat([ids, token], dim=1)
+    return ids[:, prompt.shape[1]:], seconds
+
+
+def explicit_decode(model: DEQSequenceModel, prompt: torch.Tensor, new: int, layers: int) -> list[float]:
+    """Per-token seconds of a K-layer weight-tied decoder with a KV cache per layer (prefill not timed)."""
+    cell = model.deq.cell
+    caches, z = [], torch.zeros(prompt.shape[0], prompt.shape[1], cell.state_dim)
+    ctx = cell.prepare(model.embed(prompt))
+    for _ in range(layers):  # layer k's cache holds the keys/values of layer k's input states
+        caches.append(cell.extend_history(ctx, z))
+        z = cell(z, ctx)
+    token = model.head(cell.readout(z[:, -1:])).argmax(-1)
+    seconds = []
+    for _ in range(new):
+        start = time.perf_counter()
+        x = model.embed(token)
+        h = torch.zeros(x.shape[0], 1, cell.state_dim)
+        ctx = None
+        for i, cache in enumerate(caches):
+            # Injection, rotary tables and mask are the same for every layer of a weight-tied stack.
+            ctx = cell.prepare(x, cache) if ctx is None else _with_history(ctx, cache)
+            caches[i] = cell.extend_history(ctx, h)  # the cache append a decoder does per layer
+            h = cell(h, ctx)
+        token = model.head(cell.readout(h)).argmax(-1)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def _with_history(ctx, cache):
+    from dataclasses import replace
+
+    return replace(ctx, history=cache)
+
+
+def build_model(checkpoint: str | None) -> tuple[DEQSequenceModel, str]:
+    """The benchmarked model: a trained checkpoint, or a random d_model=128 transformer."""
+    if checkpoint:
+        model, _, _ = load_checkpoint(checkpoint)
+        return model, checkpoint
+    torch.manual_seed(0)
+    solver = SolverSettings(forward=SolverConfig(method="anderson", max_iter=40, tol=1e-4), batch_dims=2)
+    cfg = ModelConfig(cell="transformer", vocab_size=256, d_model=128, n_heads=4, d_ff=512)
+    return DEQSequenceModel(cfg, solver).eval(), "random d_model=128 n_heads=4 d_ff=512, anderson tol 1e-4"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--new", type=int, default=16, help="generated (timed) tokens per length")
+    parser.add_argument("--checkpoint", default=None, help="benchmark a trained model instead of a random one")
+    parser.add_argument("--out", default="bench/results/generation.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, described = build_model(args.checkpoint)
+    vocab = model.config.vocab_size
+    rows = []
+    with torch.no_grad():
+        for length in args.lengths:
+            prompt = torch.randint(0, vocab, (1, length - args.new), generator=torch.Generator().manual_seed(length))
+            list(stream(model, prompt[:, :8], 4, temperature=0))  # warm-up
+            steps = list(stream(model, prompt, args.new, temperature=0))
+            cached_ids = torch.stack([s.ids for s in steps], dim=1)
+            cached = [s.seconds for s in steps[1:]]  # steps[0] is the prompt's prefill
+            iters = statistics.mean(s.iterations.float().mean().item() for s in steps[1:])
+            naive_ids, naive = naive_decode(model, prompt, args.new)
+            evals = max(1, round(iters + 1))
+            explicit = explicit_decode(model, prompt, args.new, evals)
+            explicit_k = explicit_decode(model, prompt, args.new, max(1, round(iters)))
+            row = {
+                "length": length,
+                "prompt": length - args.new,
+                "cached_tok_s": 1 / statistics.median(cached),
+                "naive_tok_s": 1 / statistics.median(naive[1:]),
+                "explicit_tok_s": 1 / statistics.median(explicit[1:]),
+                "explicit_iters_tok_s": 1 / statistics.median(explicit_k[1:]),
+                "iters_per_token": iters,
+                "explicit_layers": evals,
+                "token_mismatches_vs_naive": int((cached_ids != naive_ids).sum()),
+            }
+            row["speedup_vs_naive"] = row["cached_tok_s"] / row["naive_tok_s"]
+            row["explicit_over_cached"] = row["explicit_tok_s"] / row["cached_tok_s"]
+            row["explicit_iters_over_cached"] = row["explicit_iters_tok_s"] / row["cached_tok_s"]
+            rows.append(row)
+    print(f"model: {described}, {args.threads} threads, greedy, median over {args.new - 1} tokens")
+    print(f"{'L':>6}{'cached tok/s':>14}{'naive tok/s':>13}{'speedup':>9}{'explicit tok/s':>16}{'K':>3}"
+          f"{'slowdown':>10}{'K=iters':>9}{'iters/tok':>11}{'mismatch':>10}")
+    for r in rows:
+        print(f"{r['length']:>6}{r['cached_tok_s']:>14.1f}{r['naive_tok_s']:>13.2f}{r['speedup_vs_naive']:>8.1f}x"
+              f"{r['explicit_tok_s']:>16.1f}{r['explicit_layers']:>3}{r['explicit_over_cached']:>9.2f}x"
+              f"{r['explicit_iters_over_cached']:>8.2f}x{r['iters_per_token']:>11.2f}{r['token_mismatches_vs_naive']:>10}")
+    write_json(args.out, {"threads": args.threads, "torch": torch.__version__, "model": described, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
