@@ -240,10 +240,28 @@ def _generate_command(args, model, tokenizer, prompt: list[int], mem_len: int | 
             _print_generation_stats(steps, len(prompt))
         if args.check_equivalence:
             full = torch.cat([torch.tensor(prompt).expand(new.shape[0], -1), new], dim=1)
-            report = check_equivalence(model, full.to(next(model.parameters()).device))
-            print(report)
-            return 0 if report.ok else 1
+            return _check(model, full.to(next(model.parameters()).device), check_equivalence)
     return 0
+
+
+CHECK_MAX_ITER = 200
+
+
+def _check(model, ids, check_equivalence) -> int:
+    """Run the equivalence check with a larger iteration budget than training's (the check is about whether
+    the solves agree at the tolerance, so each must get there), print its table; 0 if ok, else 1."""
+    from dataclasses import replace
+
+    saved = model.settings
+    budget = max(saved.forward.max_iter, CHECK_MAX_ITER)
+    model.settings = replace(saved, forward=replace(saved.forward, max_iter=budget))
+    try:
+        report = check_equivalence(model, ids)
+    finally:
+        model.settings = saved
+    print(f"equivalence check (solver {saved.forward.method}, tol {saved.forward.tol:g}, up to {budget} iterations):")
+    print(report)
+    return 0 if report.ok else 1
 
 
 def _print_generation_stats(steps, prompt_len: int) -> None:

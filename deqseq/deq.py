@@ -80,7 +80,9 @@ class DEQLayer(nn.Module):
                 return self.cell(z, ctx)
 
             # Per-position systems of a causal cell depend on earlier positions; a custom mask may couple any.
-            coupling = "independent" if s.batch_dims == 1 else ("causal" if attn_mask is None else "full")
+            # A single position (one system per sequence, as in generation) has nothing to wait for.
+            single = s.batch_dims == 1 or x_emb.shape[1] == 1
+            coupling = "independent" if single else ("causal" if attn_mask is None else "full")
             z, stats = solvers.fixed_point(f, z0, s.forward, s.backward, s.grad, s.batch_dims, coupling)
             penalty = self._jacobian_penalty(f, z) if jacobian else None
             with torch.no_grad():

@@ -59,9 +59,14 @@ class TransformerContext(Context):
 
     cos: Tensor  # (T, head_dim//2) rotary tables at the absolute positions being solved
     sin: Tensor
-    mask: Tensor  # bool (T, L+T) or (B, 1, T, L+T), True = may attend
+    mask: Tensor | None  # bool (T, L+T) or (B, 1, T, L+T), True = may attend; None = every key is visible
+    causal: bool  # no history and a plain causal mask: SDPA's is_causal instead of a mask tensor
     attn_drop: Tensor | None  # (B, 1, d_model) variational dropout masks, None when off
     ff_drop: Tensor | None  # (B, 1, d_ff)
+    # Keys and values of history + current positions (B, n_heads, L+T, head_dim), history filled in once:
+    # solver iterations without autograd overwrite the last T rows in place instead of concatenating the
+    # whole history again (an O(L) copy per iteration).
+    kv_buffer: tuple[Tensor, Tensor] | None = None
 
 
 class TransformerCell(Cell):
@@ -134,8 +139,14 @@ class TransformerCell(Cell):
         B, T, _ = x.shape
         L = history.k.shape[2]
         cos, sin = rope_tables(history.offset, T, self.head_dim, self.rope_base, x.device, x.dtype)
+        causal = False
         if attn_mask is None:
-            mask = causal_window_mask(history.offset, L, T, self.window, x.device)
+            if T == 1 and (self.window is None or L <= self.window):
+                mask = None  # a single query that sees every frozen position and itself
+            elif L == 0 and (self.window is None or self.window >= T - 1):
+                mask, causal = None, True
+            else:
+                mask = causal_window_mask(history.offset, L, T, self.window, x.device)
         else:
             if (
                 attn_mask.dtype != torch.bool
@@ -151,14 +162,22 @@ class TransformerCell(Cell):
         if self.training and self.dropout > 0:
             attn_drop = variational_mask((B, 1, self.d_model), self.dropout, x)
             ff_drop = variational_mask((B, 1, self.d_ff), self.dropout, x)
+        kv_buffer = None
+        if L > 0:
+            shape = (B, self.n_heads, L + T, self.head_dim)
+            kv_buffer = (history.k.new_empty(shape), history.v.new_empty(shape))
+            kv_buffer[0][:, :, :L] = history.k
+            kv_buffer[1][:, :, :L] = history.v
         return TransformerContext(
             u=self.inject(x),
             history=history,
             cos=cos,
             sin=sin,
             mask=mask,
+            causal=causal,
             attn_drop=attn_drop,
             ff_drop=ff_drop,
+            kv_buffer=kv_buffer,
         )
 
     def _heads(self, t: Tensor) -> Tensor:
@@ -171,11 +190,23 @@ class TransformerCell(Cell):
         B, T, D = a.shape
         q, k, v = (self.qkv(a) + ctx.u).split(D, dim=-1)
         q = apply_rope(self._heads(q), ctx.cos, ctx.sin)
-        k = torch.cat([ctx.history.k, apply_rope(self._heads(k), ctx.cos, ctx.sin)], dim=2)
-        v = torch.cat([ctx.history.v, self._heads(v)], dim=2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask)
+        k, v = self._with_history(ctx, apply_rope(self._heads(k), ctx.cos, ctx.sin), self._heads(v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.causal)
         y = self.proj(y.transpose(1, 2).reshape(B, T, D))
         return y if ctx.attn_drop is None else y * ctx.attn_drop
+
+    @staticmethod
+    def _with_history(ctx: TransformerContext, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of the history followed by those of the current positions."""
+        L = ctx.history.k.shape[2]
+        if L == 0:
+            return k, v
+        if ctx.kv_buffer is None or torch.is_grad_enabled():  # autograd may save what it reads: no writes then
+            return torch.cat([ctx.history.k, k], dim=2), torch.cat([ctx.history.v, v], dim=2)
+        buf_k, buf_v = ctx.kv_buffer
+        buf_k[:, :, L:] = k
+        buf_v[:, :, L:] = v
+        return buf_k, buf_v
 
     def _ffn(self, a: Tensor, ctx: TransformerContext) -> Tensor:
         """Position-wise feed-forward with variational dropout on the hidden layer."""
@@ -201,8 +232,8 @@ class TransformerCell(Cell):
         # Only the k and v rows of the qkv projection are needed here.
         kv = F.linear(a, self.qkv.weight[D:], self.qkv.bias[D:]) + ctx.u[..., D:]
         k, v = kv.split(D, dim=-1)
-        k = torch.cat([ctx.history.k, apply_rope(self._heads(k), ctx.cos, ctx.sin)], dim=2)
-        v = torch.cat([ctx.history.v, self._heads(v)], dim=2)
+        k, v = self._with_history(ctx, apply_rope(self._heads(k), ctx.cos, ctx.sin), self._heads(v).contiguous())
+        ctx.kv_buffer = None  # the buffer now belongs to the returned history: later solves must not write it
         self.kv_projections += T
         if self.window is not None:
             keep = min(k.shape[2], self.window)

@@ -244,3 +244,21 @@ def test_bad_arguments_raise_one_line_errors():
     with pytest.raises(ValueError, match="integer ids"):
         as_prompt(torch.zeros(2, 3), torch.device("cpu"))
     assert model.training is False
+
+
+def test_branching_from_one_history_never_corrupts_it():
+    # Solves write the current keys/values into a per-solve buffer in place; a history, once returned, must
+    # never change, so several continuations can branch from the same prefix (samples, beams, the check).
+    model = make_model("transformer")
+    prefix = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        history = model(prefix).history
+        saved_k, saved_v = history.k.clone(), history.v.clone()
+        a = model(torch.tensor([[1], [2]]), history=history)
+        a_k = a.history.k.clone()
+        model(torch.tensor([[3], [4]]), history=history)  # a second branch from the same prefix
+        model(torch.tensor([[5], [6]]), history=a.history)  # and a continuation of the first
+        again = model(torch.tensor([[1], [2]]), history=history)
+    assert torch.equal(history.k, saved_k) and torch.equal(history.v, saved_v)
+    assert torch.equal(a.history.k, a_k)
+    assert torch.equal(again.z, a.z) and torch.equal(again.history.k, a.history.k)
