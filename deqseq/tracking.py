@@ -54,6 +54,19 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 
+    def log_text(self, name: str, text: str, step: int) -> None:
+        """Record a piece of text (e.g. a generated sample): a JSON line and, in wandb, a preformatted block."""
+        if self.metrics_file is None:
+            return
+        self.metrics_file.write(json.dumps({"step": step, name: text}) + "\n")
+        self.metrics_file.flush()
+        if self.wandb_run is not None:
+            import html
+
+            import wandb
+
+            self.wandb_run.log({name: wandb.Html(f"<pre>{html.escape(text)}</pre>")}, step=step)
+
     def finish(self) -> None:
         """Close the metrics file and the wandb run."""
         if self.metrics_file is not None:

@@ -256,6 +256,15 @@ class Trainer:
         return evaluate(self.model, ids, d.eval_batch_size, d.seq_len, bool(d.mem_len),
                         t.eval_batches if split == "valid" else 0, self.device, self.corpus.unit)
 
+    def sample(self, prompt_len: int = 16) -> str:
+        """Text generated from the start of the valid split (train.sample_tokens tokens, temperature 0.8,
+        fixed seed), decoded; the model's train/eval mode is left as it was."""
+        from .generation import generate
+
+        prompt = self.corpus.valid[:prompt_len].to(self.device)
+        ids = generate(self.model, prompt, self.cfg.train.sample_tokens, temperature=0.8, top_k=50, seed=self.step)
+        return self.corpus.tokenizer.decode(ids[0].tolist())
+
     def _open_tracking(self) -> None:
         if self.rank != 0:
             return
@@ -301,6 +310,8 @@ class Trainer:
                         if valid["nll"] < self.best_valid:
                             self.best_valid = valid["nll"]
                             self.save("best.pt")
+                    if t.sample_every and self.step % t.sample_every == 0 and self.rank == 0:
+                        self.tracker.log_text("sample", self.sample(), self.step)
                     if t.save_every and self.step % t.save_every == 0:
                         self.save("last.pt")
                     if requests["stop"]:

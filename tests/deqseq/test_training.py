@@ -75,7 +75,7 @@ def test_cli_trains_end_to_end_with_offline_tracking(tmp_path, monkeypatch, caps
     run_dir = tmp_path / "e2e"
     argv = ["--no-progress", *tiny(tmp_path, "e2e"), "tracking.mode=offline", "train.max_steps=4",
             "train.warmup_steps=2", "train.pretrain_steps=2", "train.eval_every=2", "train.log_every=1",
-            "train.save_every=2"]
+            "train.save_every=2", "train.sample_every=2", "train.sample_tokens=5"]
     assert train_main(argv) == 0
     out = capsys.readouterr().out
     assert "valid: nll" in out and "test: nll" in out and f"run saved in {run_dir}" in out
@@ -108,6 +108,9 @@ def test_cli_trains_end_to_end_with_offline_tracking(tmp_path, monkeypatch, caps
         assert r["valid_bits_per_token"] == pytest.approx(r["valid_nll"] / math.log(2), rel=1e-12)
     final = rows[-1]
     assert final["step"] == 4 and final["test_tokens"] == 2 * (150 // 2 - 1)  # the whole test split, 2 streams
+    samples = [r for r in rows if "sample" in r]  # generated text every sample_every steps: 16 prompt + 5 new ids
+    assert [r["step"] for r in samples] == [2, 4]
+    assert all(len(r["sample"].split()) == 21 and set(r["sample"].split()) <= set("01234567") for r in samples)
     assert math.isfinite(final["test_nll"]) and final["test_ppl"] == pytest.approx(math.exp(final["test_nll"]))
     assert final["valid_nll"] == evals[1]["valid_nll"]  # the same weights evaluated twice
 
