@@ -42,13 +42,6 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and on 2 shared cores thread contention makes them 10x slower."""
-    with single_thread():
-        yield
-
-
 def _train(out_dir: Path, name: str, *extra: str) -> Path:
     argv = ["--no-progress", *TINY, f"run.out_dir={out_dir}", f"run.name={name}", *extra]
     with single_thread(), contextlib.redirect_stdout(io.StringIO()):

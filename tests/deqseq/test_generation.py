@@ -4,7 +4,6 @@ end to end, streaming, conditioning, history windows, and scoring against the tr
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,14 +19,6 @@ CELLS = {
     "transformer": dict(cell="transformer"),
     "trellis": dict(cell="trellis", kernel_size=3, dilation=2),
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_model(cell: str, dtype=torch.float64, tol: float = 1e-11, seed: int = 0, **extra) -> DEQSequenceModel:

@@ -11,7 +11,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,6 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 MARKOV = "markov:order=1,vocab=8,seed=0,length=3000"  # splits of 2700 / 150 / 150 tokens
 CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "step", "data", "rng", "config", "tokenizer"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and on 2 shared cores thread contention makes them 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(out_dir: Path, name: str, *extra: str) -> list[str]:
