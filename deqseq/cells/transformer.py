@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -19,10 +20,16 @@ def rope_tables(
     # Angles in float64 for float64 models, float32 otherwise: positions are exact integers either way,
     # so a table built at an offset equals the same rows of a table built from 0.
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    inv_freq = base ** (-torch.arange(0, dim, 2, device=device, dtype=work) / dim)
+    inv_freq = _inverse_frequencies(dim, base, torch.device(device) if device is not None else None, work)
     pos = torch.arange(offset, offset + length, device=device, dtype=work)
     angles = pos[:, None] * inv_freq[None, :]
     return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _inverse_frequencies(dim: int, base: float, device: torch.device | None, dtype: torch.dtype) -> Tensor:
+    """base^(-2i/dim) for i < dim/2; cached, since generation builds a one-row table for every token."""
+    return base ** (-torch.arange(0, dim, 2, device=device, dtype=dtype) / dim)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
