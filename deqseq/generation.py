@@ -256,12 +256,11 @@ def generate(
     warm_start:  start each position's solve from the previous position's equilibrium instead of zeros.
     Returns the (N, P + G) ids, or a `Generation` with log-probabilities and solver stats when details=True.
     """
-    steps = list(stream(model, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
-                        num_samples, stop, cond, mem_len, warm_start))
     prompt_ids = as_prompt(prompt, next(model.parameters()).device)
-    prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
+    steps = list(stream(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
+                        num_samples, stop, cond, mem_len, warm_start))
     new = torch.stack([s.ids for s in steps], dim=1)
-    ids = torch.cat([prompt_ids, new], dim=1)
+    ids = torch.cat([prompt_ids.repeat_interleave(num_samples, dim=0), new], dim=1)
     if not details:
         return ids
     finished = torch.stack([s.finished for s in steps], dim=1)
