@@ -55,10 +55,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[DEQSequenceModel, Tokenizer, Config]:
+) -> tuple[DEQSequenceModel, Tokenizer | None, Config]:
     """The model (in eval mode, on `device`, in the run's dtype), tokenizer and config saved in a checkpoint
-    (a .pt file, or a run directory for its last.pt); CheckpointError with one line when it cannot be used."""
-    from .config import ConfigError, config_from_dict
+    (a .pt file, or a run directory for its last.pt); CheckpointError with one line when it cannot be used.
+    The tokenizer is None for a model of real-valued inputs."""
+    from .config import REAL_INPUTS, ConfigError, config_from_dict
     from .data import DataError, tokenizer_from_state
     from .model import DEQSequenceModel
 
@@ -66,7 +67,7 @@ def load_checkpoint(
     try:
         config = config_from_dict(state["config"])
         saved_tokenizer = state.get("tokenizer") or {"name": "id", "vocab_size": config.model.vocab_size}
-        tokenizer = tokenizer_from_state(saved_tokenizer)
+        tokenizer = None if config.model.input in REAL_INPUTS else tokenizer_from_state(saved_tokenizer)
     except (ConfigError, DataError) as err:
         raise CheckpointError(f"checkpoint {path} has an unusable config or tokenizer: {err}") from None
     dtype = torch.float64 if config.run.dtype == "float64" else torch.float32

@@ -122,12 +122,14 @@ def _generate_parser() -> _Parser:
     parser.add_argument("--checkpoint", required=True, help="RUN_DIR/last.pt (or a run directory)")
     parser.add_argument("--prompt", default=None,
                         help="prompt TEXT, @FILE for a file's contents, - for stdin (default: a line break)")
-    parser.add_argument("--max-new-tokens", type=_positive, default=200)
+    parser.add_argument("--max-new-tokens", type=_positive, default=None,
+                        help="tokens (steps) to generate (default: 200; for a series, the rest of --series, else 64)")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--num-samples", type=_positive, default=1)
+    parser.add_argument("--num-samples", type=_positive, default=None,
+                        help="continuations per prompt (default: 1; 16 for a real-valued series)")
     parser.add_argument("--seed", type=int, default=None, help="same seed, same samples (default: random)")
     parser.add_argument("--mem-len", type=_mem_len, default="auto",
                         help="transformer history kept per position: N, auto (the model's window, else its "
@@ -140,6 +142,16 @@ def _generate_parser() -> _Parser:
                         help="re-solve prompt + output at sequence level, token by token and in chunks; exit 1 "
                              "if they differ by more than the solver tolerance allows")
     parser.add_argument("--score", metavar="FILE", help="print NLL, perplexity and bits/token of FILE instead")
+    series = parser.add_argument_group("real-valued series (checkpoints of models with real-valued inputs)")
+    series.add_argument("--series", metavar="SPLIT:INDEX",
+                        help="continue series INDEX of the valid or test split of the checkpoint's data source "
+                             "(instead of --prompt VALUES: comma-separated values, one line per step for I > 1)")
+    series.add_argument("--prefix", type=_positive, default=None,
+                        help="observed steps of --series (default: half the training seq_len)")
+    series.add_argument("--cond", default=None,
+                        help="conditioning: comma-separated values (global), or class:K for class K")
+    series.add_argument("--plot", metavar="PNG", default=None,
+                        help="write a plot of prefix, sampled continuations and mean +- 2 std (needs matplotlib)")
     return parser
 
 
@@ -157,6 +169,13 @@ def generate_main(argv: list[str] | None = None) -> int:
     try:
         device = _device(args.device, resolve_device)
         model, tokenizer, config = load_checkpoint(args.checkpoint, device)
+        if tokenizer is None:
+            return _series_command(args, model, config)
+        for flag in ("series", "prefix", "cond", "plot"):
+            if getattr(args, flag) is not None:
+                raise UsageError(f"--{flag} is for models of real-valued series; this checkpoint models tokens")
+        args.max_new_tokens = args.max_new_tokens or 200
+        args.num_samples = args.num_samples or 1
         if args.score is not None:
             return _score_command(args, model, tokenizer, config)
         prompt = tokenizer.encode_prompt(_read_text(args.prompt if args.prompt is not None else "\n", "prompt"))
@@ -247,7 +266,7 @@ def _generate_command(args, model, tokenizer, prompt: list[int], mem_len: int | 
 CHECK_MAX_ITER = 200
 
 
-def _check(model, ids, check_equivalence) -> int:
+def _check(model, ids, check_equivalence, cond=None) -> int:
     """Run the equivalence check with a larger iteration budget than training's (the check is about whether
     the solves agree at the tolerance, so each must get there), print its table; 0 if ok, else 1."""
     from dataclasses import replace
@@ -256,7 +275,7 @@ def _check(model, ids, check_equivalence) -> int:
     budget = max(saved.forward.max_iter, CHECK_MAX_ITER)
     model.settings = replace(saved, forward=replace(saved.forward, max_iter=budget))
     try:
-        report = check_equivalence(model, ids)
+        report = check_equivalence(model, ids, cond=cond)
     finally:
         model.settings = saved
     print(f"equivalence check (solver {saved.forward.method}, tol {saved.forward.tol:g}, up to {budget} iterations):")
@@ -275,3 +294,125 @@ def _print_generation_stats(steps, prompt_len: int) -> None:
         line += (f"; {len(later)} tokens x {n}: {n * len(later) / seconds:.1f} tokens/s, {iters:.1f} iterations/token,"
                  f" max residual {worst:.1e}")
     print(line, file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------ real-valued series
+
+
+def _numbers(text: str, what: str) -> list[list[float]]:
+    """Rows of comma- or space-separated numbers, one row per line (or ';')."""
+    rows = []
+    for line in text.replace(";", "\n").splitlines():
+        items = line.replace(",", " ").split()
+        if not items:
+            continue
+        try:
+            rows.append([float(v) for v in items])
+        except ValueError:
+            raise UsageError(f"{what} must be numbers separated by commas, got {line.strip()!r}") from None
+    if not rows:
+        raise UsageError(f"{what} has no values")
+    return rows
+
+
+def _series_prompt(args, width: int):
+    """The observed prefix (P, width) parsed from --prompt VALUES|@FILE|-."""
+    import torch
+
+    rows = _numbers(_read_text(args.prompt, "prompt"), "--prompt")
+    if width == 1 and len(rows) == 1:
+        rows = [[v] for v in rows[0]]  # one line of values: one value per step
+    if any(len(r) != width for r in rows):
+        raise UsageError(f"--prompt needs {width} values per step (one line per step), got rows of "
+                         f"{sorted({len(r) for r in rows})}")
+    return torch.tensor(rows)
+
+
+def _series_cond(text: str, model):
+    """--cond as a class id (class:K) or a (cond_dim,) vector."""
+    import torch
+
+    dim = model.config.cond_dim
+    if dim == 0:
+        raise UsageError("--cond was given but this model is not conditioned (cond_dim 0)")
+    if text.startswith("class:"):
+        try:
+            k = int(text[len("class:"):])
+        except ValueError:
+            raise UsageError(f"--cond class:K needs an integer K, got {text!r}") from None
+        if not 0 <= k < dim:
+            raise UsageError(f"--cond class:{k} is out of range: this model has {dim} classes (0..{dim - 1})")
+        return torch.tensor(k)
+    values = _numbers(text, "--cond")
+    flat = [v for row in values for v in row]
+    if len(flat) != dim:
+        raise UsageError(f"--cond needs {dim} values (cond_dim), got {len(flat)}")
+    return torch.tensor(flat)
+
+
+def _held_out_series(args, config):
+    """(prefix, truth, cond) of --series SPLIT:INDEX from the checkpoint's (synthetic) data source."""
+    from .data import load_corpus
+
+    split, _, index = args.series.partition(":")
+    if split not in ("valid", "test") or not index.lstrip("-").isdigit():
+        raise UsageError(f"--series must be valid:INDEX or test:INDEX, got {args.series!r}")
+    data = load_corpus(config.data.source, config.data.tokenizer)
+    values, i = data.split(split), int(index)
+    if not 0 <= i < len(values):
+        raise UsageError(f"--series {args.series}: the {split} split has {len(values)} series (0..{len(values) - 1})")
+    prefix_len = args.prefix or max(1, config.data.seq_len // 2)
+    if prefix_len >= values.shape[1]:
+        raise UsageError(f"--prefix {prefix_len} leaves nothing to continue in a series of {values.shape[1]} steps")
+    cond = data.cond(split)
+    return values[i, :prefix_len], values[i, prefix_len:], (cond[i] if cond is not None else None)
+
+
+def _series_command(args, model, config) -> int:
+    """Continue a real-valued series: print the sampled continuations' mean, spread and a sample; plot them."""
+    from .equivalence import check_equivalence
+    from .forecast import continue_series, plot_continuation
+
+    token_only = {"--score": args.score is not None, "--top-k": args.top_k is not None, "--top-p": args.top_p != 1,
+                  "--repetition-penalty": args.repetition_penalty != 1, "--stream": args.stream}
+    for flag, given in token_only.items():
+        if given:
+            raise UsageError(f"{flag} applies to token models; this checkpoint models real-valued series")
+    if (args.series is None) == (args.prompt is None):
+        raise UsageError("give the observed values with --prompt VALUES|@FILE|- or --series valid:INDEX (one of them)")
+    if args.prefix is not None and args.series is None:
+        raise UsageError("--prefix selects the observed part of --series; with --prompt every value is observed")
+    truth, cond = None, None
+    if args.series is not None:
+        prefix, truth, cond = _held_out_series(args, config)
+    else:
+        prefix = _series_prompt(args, model.input.in_dim)
+    if args.cond is not None:
+        cond = _series_cond(args.cond, model)
+    if model.cond is not None and cond is None:
+        raise UsageError(f"this model is conditioned (cond_dim {model.config.cond_dim}): give --cond or --series")
+    steps = args.max_new_tokens or (len(truth) if truth is not None else 64)
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install matplotlib") from None
+    mem_len = _history_len(args.mem_len, model, config, len(prefix) + steps - (0 if args.check_equivalence else 1))
+    result = continue_series(model, prefix, steps, args.num_samples or 16, args.temperature, args.seed, cond, truth,
+                             mem_len)
+    n = result.samples.shape[0]
+    print(f"observed {len(prefix)} steps; {steps} steps continued, {n} sample{'s' * (n > 1)} "
+          f"(one-step predictive after the prefix: mean {result.first_mean[0].item():.4f}, "
+          f"std {result.first_std[0].item():.4f})")
+    print(result.table())
+    if args.stats:
+        _print_generation_stats(result.generation.steps, len(prefix))
+    if args.plot is not None:
+        title = f"{args.series or 'prompt'}: {len(prefix)} observed steps, {n} sampled continuations"
+        plot_continuation(result, args.plot, title)
+        print(f"plot written to {args.plot}")
+    if args.check_equivalence:
+        device = next(model.parameters()).device
+        c = None if cond is None else cond[None].to(device)
+        return _check(model, result.generation.ids[:1].to(device), check_equivalence, c)
+    return 0

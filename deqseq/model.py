@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import solvers
@@ -13,25 +14,31 @@ from .cells import History, build_cell
 from .config import ModelConfig, SolverSettings
 from .deq import DEQLayer
 from .heads import build_head
-from .inputs import build_input
+from .inputs import build_input, check_input
 
 
 @dataclass
 class ModelOutput:
     """What a forward pass returns.
 
-    logits:      (B, T, vocab) from the head.
+    params:      (B, T, P) the head's distribution parameters: logits (B, T, vocab) for the categorical head,
+                 mixture weights, means and scales for the mixture heads. `logits` is the same tensor.
     history:     the history extended by these T positions (detached), to continue the sequence later.
     stats:       forward solver stats; `stats.backward` holds the adjoint solve's stats after loss.backward().
     z:           the equilibrium state (B, T, state_dim).
     jac_penalty: the Jacobian penalty at z*, when it was asked for.
     """
 
-    logits: Tensor
+    params: Tensor
     history: History
     stats: solvers.SolverStats
     z: Tensor
     jac_penalty: Tensor | None = None
+
+    @property
+    def logits(self) -> Tensor:
+        """The head's output; for the categorical head, the (B, T, vocab) logits."""
+        return self.params
 
 
 def _build_cell(cfg: ModelConfig):
@@ -49,15 +56,21 @@ class DEQSequenceModel(nn.Module):
 
     model(x) solves all positions of x at once; passing the returned history back in continues the
     sequence, so a sequence can be solved in chunks or one token at a time with the same result.
+
+    Inputs are ids (B, T) or real values (B, T, in_dim), as the input transform takes; the head is an independent
+    choice (categorical, mixture of Gaussians, discretized logistic mixture). `input` and `head` replace the
+    modules the config names with the user's own: `input` maps x to (B, T, config.embed_dim), `head` maps the
+    readout (B, T, readout_dim) to parameters and has `nll(params, target)` (and `sample` for generation).
     """
 
-    def __init__(self, config: ModelConfig, solver: SolverSettings | None = None):
+    def __init__(self, config: ModelConfig, solver: SolverSettings | None = None, input: nn.Module | None = None,
+                 head: nn.Module | None = None):
         super().__init__()
         self.config = config
-        self.input = build_input(config)
+        self.input = input if input is not None else build_input(config)
         self.cond = nn.Linear(config.cond_dim, config.embed_dim) if config.cond_dim > 0 else None
         self.deq = DEQLayer(_build_cell(config), solver if solver is not None else SolverSettings())
-        self.head = build_head(config, self.deq.cell.readout_dim)
+        self.head = head if head is not None else build_head(config, self.deq.cell.readout_dim)
         if config.tie_embeddings:
             self.head.tie(self.input.weight)
         self.last_stats: solvers.SolverStats | None = None
@@ -77,17 +90,25 @@ class DEQSequenceModel(nn.Module):
     def embed(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """The embedded input (B, T, d_embed) the injection is computed from, with the conditioning added.
 
-        cond is (B, cond_dim) for one vector per sequence or (B, T, cond_dim) for one per position.
+        cond is (B, cond_dim) for one vector per sequence or (B, T, cond_dim) for one per position; integer
+        class ids (B,) or (B, T) are one-hot encoded over cond_dim classes.
         """
+        check_input(self.input, x)
         e = self.input(x)
         if cond is None:
             return e
         if self.cond is None:
             raise ValueError("cond was given but the model has ModelConfig.cond_dim=0")
-        if cond.dim() not in (2, 3) or cond.shape[0] != e.shape[0] or cond.shape[-1] != self.config.cond_dim or (
+        dim = self.config.cond_dim
+        if not cond.dtype.is_floating_point:
+            if cond.dim() not in (1, 2) or bool((cond < 0).any() | (cond >= dim).any()):
+                raise ValueError(f"class conditioning must be ids in [0, {dim}) of shape (B,) or (B, T), got "
+                                 f"{tuple(cond.shape)} with values {cond.min().item()}..{cond.max().item()}")
+            cond = F.one_hot(cond.long(), dim)
+        if cond.dim() not in (2, 3) or cond.shape[0] != e.shape[0] or cond.shape[-1] != dim or (
             cond.dim() == 3 and cond.shape[1] != e.shape[1]
         ):
-            raise ValueError(f"cond must have shape (B, {self.config.cond_dim}) or (B, T, {self.config.cond_dim}) "
+            raise ValueError(f"cond must have shape (B, {dim}) or (B, T, {dim}) "
                              f"with B, T = {tuple(e.shape[:2])}, got {tuple(cond.shape)}")
         c = self.cond(cond.to(e.dtype))
         return e + (c[:, None] if c.dim() == 2 else c)
@@ -101,30 +122,53 @@ class DEQSequenceModel(nn.Module):
         attn_mask: Tensor | None = None,
         jacobian: bool = False,
     ) -> ModelOutput:
-        """Logits of the T positions of x (B, T) after the frozen `history` (None = a sequence start)."""
+        """Head parameters of the T positions of x ((B, T) ids or (B, T, in_dim) values) after the frozen
+        `history` (None = a sequence start)."""
         out = self.deq(self.embed(x, cond), history=history, z0=z0, attn_mask=attn_mask, jacobian=jacobian)
         self.last_stats, self.last_history = out.stats, out.history
-        logits = self.head(self.deq.cell.readout(out.z))
-        return ModelOutput(logits=logits, history=out.history, stats=out.stats, z=out.z, jac_penalty=out.jac_penalty)
+        params = self.head(self.deq.cell.readout(out.z))
+        return ModelOutput(params=params, history=out.history, stats=out.stats, z=out.z, jac_penalty=out.jac_penalty)
 
-    def loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
-        """Mean negative log-likelihood (nats) of a batch, plus the weighted Jacobian penalty when it is drawn.
+    def next_step_targets(self, x: Tensor) -> Tensor:
+        """The targets of positions 0..T-2 when none are given: the next inputs x[:, 1:], which needs the input
+        and the output to live in the same space (ids scored by a categorical head over the same vocabulary,
+        level ids by a dmol head over as many levels, or real values of the head's width)."""
+        head, cfg = self.head, self.config
+        kind = type(head).__name__
+        if not x.dtype.is_floating_point:
+            if kind == "CategoricalHead" and head.vocab == getattr(self.input, "vocab", head.vocab):
+                return x[:, 1:]
+            if kind == "DiscretizedLogisticMixtureHead" and head.target_dim == 1 and head.levels == cfg.vocab_size:
+                return x[:, 1:, None]
+        elif not getattr(head, "discrete", True) and x.dim() == 3 and x.shape[-1] == head.target_dim:
+            return x[:, 1:]
+        what = f"ids {tuple(x.shape)}" if not x.dtype.is_floating_point else f"values {tuple(x.shape)}"
+        raise ValueError(f"the batch has no targets 't' and its inputs ({what}) are not in the {cfg.head!r} head's "
+                         f"output space (target_dim={cfg.target_dim}); give batch['t'] with the targets")
 
-        batch: {"x": inputs (B, T), "t": optional targets (B, T), "c": optional conditioning, "history":
-        optional history}. Without "t" the targets are the next inputs: logits[:, :-1] score x[:, 1:].
-        The penalty is computed in training mode when settings.jac_weight > 0, with probability jac_prob.
-        metrics: "loss", "nll", "jac" (when computed) and the forward solver stats "fwd_*". The backward
-        (adjoint) solve only runs in loss.backward(); read `model.last_stats.backward` after it.
+    def nll(self, out: ModelOutput, batch: dict) -> Tensor:
+        """Per-position NLL in nats (B, T') of a forward output against batch["t"], or against the next inputs
+        (positions 0..T-2) when "t" is absent."""
+        target = batch.get("t")
+        if target is not None:
+            return self.head.nll(out.params, target)
+        return self.head.nll(out.params[:, :-1], self.next_step_targets(batch["x"]))
+
+    def loss(self, batch: dict, with_output: bool = False):
+        """Mean negative log-likelihood (nats per position) of a batch, plus the weighted Jacobian penalty when it
+        is drawn.
+
+        batch: {"x": inputs (B, T) ids or (B, T, in_dim) values, "t": optional targets, "c": optional
+        conditioning, "history": optional history}. Without "t" the targets are the next inputs (see
+        `next_step_targets`). The penalty is computed in training mode when settings.jac_weight > 0, with
+        probability jac_prob. metrics: "loss", "nll", "jac" (when computed) and the forward solver stats
+        "fwd_*". The backward (adjoint) solve only runs in loss.backward(); read `model.last_stats.backward`
+        after it. Returns (loss, metrics), or (loss, metrics, output) with with_output=True.
         """
         s = self.settings
         use_jac = self.training and s.jac_weight > 0 and bool(torch.rand(()) < s.jac_prob)
-        x = batch["x"]
-        out = self(x, history=batch.get("history"), cond=batch.get("c"), jacobian=use_jac)
-        if batch.get("t") is not None:
-            nll = self.head.nll(out.logits, batch["t"])
-        else:
-            nll = self.head.nll(out.logits[:, :-1], x[:, 1:])
-        nll = nll.mean()
+        out = self(batch["x"], history=batch.get("history"), cond=batch.get("c"), jacobian=use_jac)
+        nll = self.nll(out, batch).mean()
         loss = nll
         metrics = {"nll": nll.item()}
         if use_jac:
@@ -132,4 +176,4 @@ class DEQSequenceModel(nn.Module):
             metrics["jac"] = out.jac_penalty.item()
         metrics["loss"] = loss.item()
         metrics.update(out.stats.summary("fwd_"))
-        return loss, metrics
+        return (loss, metrics, out) if with_output else (loss, metrics)

@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from .cells import History
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .config import Config, config_to_dict, dump_yaml
-from .data import Corpus, StreamBatcher, load_corpus
+from .config import Config, ConfigError, ModelConfig, config_to_dict, dump_yaml
+from .data import Corpus, SeriesBatcher, SeriesData, StreamBatcher, load_corpus
 from .model import DEQSequenceModel
 from .tracking import Tracker
 
@@ -123,6 +123,53 @@ def evaluate(model: DEQSequenceModel, ids: torch.Tensor, batch_size: int, seq_le
     return {"nll": nll, "ppl": math.exp(min(nll, 50.0)), f"bits_per_{unit}": nll / math.log(2), "tokens": count}
 
 
+@torch.no_grad()
+def evaluate_series(model: DEQSequenceModel, values: torch.Tensor, cond: torch.Tensor | None, batch_size: int,
+                    seq_len: int, max_batches: int, device: torch.device) -> dict[str, float]:
+    """Mean NLL per predicted step (nats) over every series of a split, with nats and bits per dimension."""
+    was_training = model.training
+    model.eval()
+    batcher = SeriesBatcher(values, cond, batch_size, seq_len, shuffle=False, drop_last=False)
+    total, count = 0.0, 0
+    for i, batch in enumerate(batcher):
+        if max_batches and i >= max_batches:
+            break
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(batch["x"], cond=batch.get("c"))
+        nll = model.nll(out, batch)
+        total += float(nll.double().sum())
+        count += nll.numel()
+    model.train(was_training)
+    nll = total / max(count, 1)
+    dims = model.config.target_dim
+    return {"nll": nll, "nll_per_dim": nll / dims, "bits_per_dim": nll / dims / math.log(2), "steps": count}
+
+
+def _fit_model_to_data(model: ModelConfig, corpus: Corpus | SeriesData) -> ModelConfig:
+    """The model config with the data's sizes filled in (vocab_size, in_dim, cond_dim); ConfigError when the
+    model cannot read or predict this data."""
+    real_input = model.input in ("linear", "mlp")
+    if isinstance(corpus, Corpus):
+        if real_input or model.head == "mog":
+            raise ConfigError(f"model.input={model.input!r} / model.head={model.head!r} need real-valued data, but "
+                              f"data.source={corpus.spec!r} gives token ids; use input embedding or onehot and head "
+                              "categorical (or dmol with levels = vocabulary size)")
+        if model.head == "dmol" and model.levels != corpus.tokenizer.vocab_size:
+            raise ConfigError(f"model.head='dmol' over token ids needs model.levels={corpus.tokenizer.vocab_size} "
+                              f"(the vocabulary size), got {model.levels}")
+        return replace(model, vocab_size=corpus.tokenizer.vocab_size)
+    if not real_input or model.head == "categorical":
+        raise ConfigError(f"data.source={corpus.spec!r} gives real values (B, T, {corpus.in_dim}); use model.input "
+                          f"linear or mlp and model.head mog or dmol, not input={model.input!r}, head={model.head!r}")
+    for key, have in (("in_dim", corpus.in_dim), ("out_dim", corpus.in_dim)):
+        if getattr(model, key) not in (None, have):
+            raise ConfigError(f"model.{key}={getattr(model, key)} does not match the data's {have} values per step")
+    if model.cond_dim not in (0, corpus.cond_dim):
+        raise ConfigError(f"model.cond_dim={model.cond_dim} does not match the data's conditioning width "
+                          f"{corpus.cond_dim} (cond={corpus.cond_kind})")
+    return replace(model, in_dim=corpus.in_dim, cond_dim=corpus.cond_dim)
+
+
 class Trainer:
     """One training run: builds everything from a Config, then `run()`."""
 
@@ -139,8 +186,9 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         random.seed(cfg.run.seed)
 
-        self.corpus: Corpus = load_corpus(cfg.data.source, cfg.data.tokenizer)
-        model_cfg = replace(cfg.model, vocab_size=self.corpus.tokenizer.vocab_size)
+        self.corpus: Corpus | SeriesData = load_corpus(cfg.data.source, cfg.data.tokenizer)
+        self.series = isinstance(self.corpus, SeriesData)
+        model_cfg = _fit_model_to_data(cfg.model, self.corpus)
         if cfg.data.mem_len and model_cfg.cell == "transformer" and model_cfg.window is None:
             model_cfg = replace(model_cfg, window=cfg.data.mem_len)
         self.cfg = replace(cfg, model=model_cfg)
@@ -156,8 +204,15 @@ class Trainer:
         t = cfg.train
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, t.warmup_steps, t.max_steps, t.min_lr_ratio))
-        # Each rank reads its own batch_size streams out of batch_size * world parallel streams.
-        self.batcher = StreamBatcher(self.corpus.train, cfg.data.batch_size * self.world, cfg.data.seq_len)
+        # Each rank reads its own batch_size streams (or series) out of batch_size * world.
+        if self.series:
+            if cfg.data.mem_len:
+                raise ConfigError("data.mem_len carries history across segments of one stream; series data is "
+                                  "independent sequences, so use data.mem_len=0")
+            self.batcher = SeriesBatcher(self.corpus.train, self.corpus.cond_train, cfg.data.batch_size * self.world,
+                                         cfg.data.seq_len, seed=cfg.run.seed)
+        else:
+            self.batcher = StreamBatcher(self.corpus.train, cfg.data.batch_size * self.world, cfg.data.seq_len)
         self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
         self.step, self.best_valid, self.nonfinite, self.history = 0, math.inf, 0, None
         self.wandb_id: str | None = None
@@ -174,7 +229,8 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "step": self.step, "data": self.batcher.state_dict(),
             "rng": _rng_state(), "config": config_to_dict(self.cfg),
-            "tokenizer": self.corpus.tokenizer.state_dict(), "best_valid": self.best_valid,
+            "tokenizer": self.corpus.tokenizer.state_dict() if self.corpus.tokenizer is not None else None,
+            "best_valid": self.best_valid,
             "nonfinite": self.nonfinite, "history": _history_state(self.history), "wandb_id": self.wandb_id,
         }
 
@@ -252,9 +308,13 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------------
     def _evaluate(self, split: str) -> dict[str, float]:
         d, t = self.cfg.data, self.cfg.train
+        max_batches = t.eval_batches if split == "valid" else 0
+        if self.series:
+            return evaluate_series(self.model, self.corpus.split(split), self.corpus.cond(split), d.eval_batch_size,
+                                   d.seq_len, max_batches, self.device)
         ids = self.corpus.valid if split == "valid" else self.corpus.test
-        return evaluate(self.model, ids, d.eval_batch_size, d.seq_len, bool(d.mem_len),
-                        t.eval_batches if split == "valid" else 0, self.device, self.corpus.unit)
+        return evaluate(self.model, ids, d.eval_batch_size, d.seq_len, bool(d.mem_len), max_batches, self.device,
+                        self.corpus.unit)
 
     def sample(self, prompt_len: int = 16) -> str:
         """Text generated from the start of the valid split (train.sample_tokens tokens, temperature 0.8,
@@ -274,8 +334,10 @@ class Trainer:
         self.tracker = Tracker(self.run_dir, tr.mode, tr.project, tr.run_name or self.cfg.run.name,
                                config_to_dict(self.cfg), tr.entity, list(tr.tags), resume_id=self.wandb_id)
         self.wandb_id = self.tracker.run_id
-        if self.corpus.entropy_rate is not None:  # synthetic sources: the best achievable NLL
+        if getattr(self.corpus, "entropy_rate", None) is not None:  # synthetic sources: the best achievable NLL
             self.tracker.log({"data_entropy_rate": self.corpus.entropy_rate}, self.step)
+        if getattr(self.corpus, "nll_bound", None) is not None:  # noisy series: no model beats the noise
+            self.tracker.log({"data_nll_bound": self.corpus.nll_bound}, self.step)
 
     def run(self) -> TrainResult:
         """Train to max_steps (or until stopped), evaluating and checkpointing on the way."""
@@ -310,7 +372,7 @@ class Trainer:
                         if valid["nll"] < self.best_valid:
                             self.best_valid = valid["nll"]
                             self.save("best.pt")
-                    if t.sample_every and self.step % t.sample_every == 0 and self.rank == 0:
+                    if t.sample_every and self.step % t.sample_every == 0 and self.rank == 0 and not self.series:
                         self.tracker.log_text("sample", self.sample(), self.step)
                     if t.save_every and self.step % t.save_every == 0:
                         self.save("last.pt")

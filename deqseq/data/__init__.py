@@ -1,9 +1,11 @@
-"""Data: tokenizers, corpora (stdlib, text, WikiText-103, PTB, enwik8, synthetic Markov) and stream batching."""
+"""Data: tokenizers, corpora (stdlib, text, WikiText-103, PTB, enwik8, synthetic Markov), stream batching, and
+real-valued series (random Fourier) with their batching."""
 
 from .batching import StreamBatcher
 from .corpus import SPLITS, Corpus, split_by_position, split_sizes
 from .errors import DataError, UnknownSymbolError
 from .markov import MarkovChain
+from .series import SeriesBatcher, SeriesData
 from .sources import SCHEME_TOKENIZERS, SCHEMES, load_corpus
 from .stdlib import assign_splits, read_stdlib, split_of, stdlib_files, stdlib_root
 from .tokenizers import (
@@ -27,6 +29,8 @@ __all__ = [
     "DataError",
     "IdTokenizer",
     "MarkovChain",
+    "SeriesBatcher",
+    "SeriesData",
     "StreamBatcher",
     "Tokenizer",
     "UnknownSymbolError",

@@ -1,4 +1,5 @@
-"""Corpus specs -> Corpus: the standard library, text files, WikiText-103, PTB, enwik8 and Markov sources.
+"""Corpus specs -> Corpus: the standard library, text files, WikiText-103, PTB, enwik8 and Markov sources;
+and -> SeriesData: real-valued random Fourier series.
 
 Nothing is ever downloaded: every spec names data that is already on disk or generated here.
 """
@@ -17,6 +18,7 @@ from torch import Tensor
 from .corpus import SPLITS, Corpus, split_by_position, split_sizes
 from .errors import DataError
 from .markov import MarkovChain
+from .series import MAX_SERIES_VALUES, SeriesData, fourier_series, parse_cond, parse_periods
 from .stdlib import read_stdlib
 from .tokenizers import ByteTokenizer, CharTokenizer, IdTokenizer, Tokenizer, WordTokenizer
 
@@ -27,8 +29,9 @@ SCHEMES = {
     "ptb": "ptb:DIR",
     "enwik8": "enwik8:PATH",
     "markov": "markov:order=2,vocab=16,seed=0,length=200000[,concentration=0.5]",
+    "fourier": "fourier:series=2000,length=129,terms=3,periods=8-32,noise=0.05,seed=0,cond=none",
 }
-# The tokenizers each scheme accepts; the first is its default.
+# The tokenizers each scheme accepts; the first is its default. An empty tuple: real-valued data, no tokenizer.
 SCHEME_TOKENIZERS = {
     "stdlib": ("byte", "char", "word"),
     "text": ("byte", "char", "word"),
@@ -36,6 +39,7 @@ SCHEME_TOKENIZERS = {
     "ptb": ("word",),
     "enwik8": ("byte",),
     "markov": ("id",),
+    "fourier": (),
 }
 SPLIT_FILES = {
     "wikitext103": {"train": "wiki.train.tokens", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"},
@@ -88,10 +92,20 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _nonnegative_float(value: str) -> float:
+    number = float(value)
+    if not 0 <= number < float("inf"):
+        raise ValueError
+    return number
+
+
 _RULES: dict[Callable[[str], Any], str] = {
     _positive_int: "an integer >= 1",
     _nonnegative_int: "an integer >= 0",
     _positive_float: "a finite number > 0",
+    _nonnegative_float: "a finite number >= 0",
+    parse_periods: "A-B (a range, 0 < A <= B) or A/B/C (distinct numbers > 0)",
+    parse_cond: "one of none, period, class",
 }
 
 
@@ -280,6 +294,32 @@ def _load_markov(spec: str, options: str, tok_name: str, max_vocab: int | None, 
     return _corpus(spec, ids, IdTokenizer(opts["vocab"]), f"Markov chain ({desc})", chain.entropy_rate())
 
 
+def _load_fourier(spec: str, options: str, tok_name: str | None, max_vocab: int | None, min_count: int) -> SeriesData:
+    fields = {
+        "series": (_positive_int, 2000),
+        "length": (_positive_int, 129),
+        "terms": (_positive_int, 3),
+        "periods": (parse_periods, parse_periods("8-32")),
+        "noise": (_nonnegative_float, 0.05),
+        "seed": (_nonnegative_int, 0),
+        "cond": (parse_cond, "none"),
+    }
+    opts = _parse_options(spec, "fourier", options, fields)
+    where, fmt = f"bad data spec {spec!r}", f"(format: {SCHEMES['fourier']})"
+    if opts["cond"] == "class" and opts["periods"].is_range:
+        raise DataError(f"{where}: cond=class needs a discrete period set A/B/C, not the range "
+                        f"periods={opts['periods']} {fmt}")
+    if opts["length"] < 2:
+        raise DataError(f"{where}: length={opts['length']} must be >= 2 (an input and its target) {fmt}")
+    if min(split_sizes(opts["series"])) < 1:
+        raise DataError(f"{where}: series={opts['series']} leaves an empty split (sizes "
+                        f"{'/'.join(map(str, split_sizes(opts['series'])))}); use series >= 20 {fmt}")
+    if opts["series"] * opts["length"] > MAX_SERIES_VALUES:
+        raise DataError(f"{where}: series*length = {opts['series']}*{opts['length']} values is more than "
+                        f"{MAX_SERIES_VALUES}")
+    return fourier_series(**opts, spec=spec)
+
+
 def _corpus(spec: str, ids: dict[str, Tensor], tok: Tokenizer, description: str, entropy: float | None = None):
     return Corpus(ids["train"], ids["valid"], ids["test"], tok, tok.unit, entropy, spec, description)
 
@@ -291,12 +331,13 @@ _LOADERS = {
     "ptb": _load_split_files("ptb"),
     "enwik8": _load_enwik8,
     "markov": _load_markov,
+    "fourier": _load_fourier,
 }
 
 
 def load_corpus(
     spec: str = "stdlib", tokenizer_name: str | None = None, *, max_vocab: int | None = None, min_count: int = 1
-) -> Corpus:
+) -> Corpus | SeriesData:
     """Load the corpus a spec names (see SCHEMES), tokenized with tokenizer_name or the scheme's default.
 
     - `stdlib[:max_bytes=N]`: this interpreter's standard library .py files (no tests, IDLE or site-packages,
@@ -306,6 +347,10 @@ def load_corpus(
     - `enwik8:PATH`: raw bytes, 90M/5M/5M (a smaller file: 90/5/5 of its length).
     - `markov:order=2,vocab=16,seed=0,length=200000[,concentration=0.5]`: a seeded synthetic chain with its
       exact entropy_rate (nats per token).
+    - `fourier:series=2000,length=129,terms=3,periods=8-32,noise=0.05,seed=0,cond=none` (every key optional):
+      real-valued random Fourier series, returned as a SeriesData (not a Corpus; no tokenizer, so
+      tokenizer_name must be None), split 90/5/5 by series; periods is a range A-B or a set A/B/C, and cond is
+      none, period (P / max period) or class (index in the set; needs a set). nll_bound is the noise entropy.
 
     A bad spec raises DataError with one line naming the problem and the allowed specs.
     """
@@ -313,6 +358,11 @@ def load_corpus(
     if scheme not in _LOADERS:
         raise DataError(f"unknown data spec {spec!r}; {_schemes_line()}")
     allowed = SCHEME_TOKENIZERS[scheme]
+    if not allowed:
+        if tokenizer_name is not None:
+            raise DataError(f"{scheme} data is real-valued and takes no tokenizer; got tokenizer {tokenizer_name!r} "
+                            f"(leave it unset)")
+        return _LOADERS[scheme](spec, options.strip(), None, max_vocab, min_count)
     tok_name = allowed[0] if tokenizer_name is None else tokenizer_name
     if tok_name not in allowed:
         raise DataError(f"tokenizer {tok_name!r} is not available for {scheme} data; allowed: {', '.join(allowed)}")
