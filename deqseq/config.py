@@ -30,6 +30,7 @@ from .heads import HEADS
 from .inputs import INPUTS
 
 NORMS = ("pre", "post")
+ADVERSARIAL_MODES = ("off", "straight-through", "gumbel")  # train.adversarial; see deqseq.adversarial
 REAL_INPUTS = ("linear", "mlp")  # input transforms of real-valued (B, T, in_dim) inputs; the others take ids
 
 
@@ -315,6 +316,10 @@ class TrainConfig:
     max_nonfinite:   stop after this many consecutive non-finite losses.
     resume:          continue from out_dir/name/last.pt when it exists.
     sample_every, sample_tokens: log a generated sample of sample_tokens tokens every sample_every steps (0 = off).
+    adversarial:     "off" | "straight-through" | "gumbel": add a next-token discriminator's loss to the NLL
+                     (deqseq.adversarial); the model's next-token distribution is relaxed as the mode says.
+    adv_weight, adv_tau, adv_lr, adv_d_model: the generator loss weight, the Gumbel-softmax temperature, the
+                     discriminator's learning rate and width.
     """
 
     max_steps: int = 1000
@@ -334,9 +339,19 @@ class TrainConfig:
     resume: bool = False
     sample_every: int = 0
     sample_tokens: int = 200
+    adversarial: str = "off"
+    adv_weight: float = 0.1
+    adv_tau: float = 1.0
+    adv_lr: float = 1e-4
+    adv_d_model: int = 64
 
     def __post_init__(self) -> None:
         owner = "TrainConfig"
+        _check_choice(owner, "adversarial", self.adversarial, ADVERSARIAL_MODES)
+        _check_number(owner, "adv_weight", self.adv_weight, low=0)
+        _check_number(owner, "adv_tau", self.adv_tau, low=0, low_open=True)
+        _check_number(owner, "adv_lr", self.adv_lr, low=0, low_open=True)
+        _check_int(owner, "adv_d_model", self.adv_d_model, 2)
         for name, minimum in (("max_steps", 1), ("warmup_steps", 0), ("pretrain_steps", 0), ("eval_every", 0),
                               ("eval_batches", 0), ("log_every", 1), ("save_every", 0), ("max_nonfinite", 1),
                               ("sample_every", 0), ("sample_tokens", 1)):

@@ -202,6 +202,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                                            weight_decay=cfg.train.weight_decay)
         t = cfg.train
+        self.adversarial = self._adversarial(cfg) if t.adversarial != "off" else None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, t.warmup_steps, t.max_steps, t.min_lr_ratio))
         # Each rank reads its own batch_size streams (or series) out of batch_size * world.
@@ -223,9 +224,23 @@ class Trainer:
         self.progress = progress and self.rank == 0
         self.tracker = Tracker.disabled()
 
+    def _adversarial(self, cfg: Config):
+        """The discriminator, its optimizer and losses for train.adversarial (ConfigError when the model cannot be
+        a token generator)."""
+        from .adversarial import AdversarialTraining
+
+        t = cfg.train
+        try:
+            return AdversarialTraining(self.model, t.adversarial, t.adv_weight, t.adv_tau, t.adv_lr,
+                                       max_len=cfg.data.seq_len, seed=cfg.run.seed, d_model=t.adv_d_model,
+                                       d_ff=2 * t.adv_d_model)
+        except ValueError as err:
+            raise ConfigError(f"train.adversarial={t.adversarial!r}: {err}") from None
+
     # -- checkpoints -------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         return {
+            "adversarial": self.adversarial.state_dict() if self.adversarial is not None else None,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "step": self.step, "data": self.batcher.state_dict(),
             "rng": _rng_state(), "config": config_to_dict(self.cfg),
@@ -249,6 +264,8 @@ class Trainer:
         except (RuntimeError, ValueError) as err:
             reason = " ".join(" ".join(str(err).splitlines()[:2]).split())
             raise CheckpointError(f"checkpoint {path} does not fit this config: {reason}") from None
+        if self.adversarial is not None and state.get("adversarial") is not None:
+            self.adversarial.load_state_dict(state["adversarial"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.best_valid, self.nonfinite = state["step"], state["best_valid"], state["nonfinite"]
         self.history = _history_from_state(self.model, state.get("history"), self.device)
@@ -280,8 +297,13 @@ class Trainer:
         if self.cfg.data.mem_len:
             batch["history"] = self.history
         self.optimizer.zero_grad(set_to_none=True)
+        adversarial = self.adversarial is not None and not pretraining
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            loss, metrics = self.model.loss(batch)
+            loss, metrics, out = self.model.loss(batch, with_output=True)
+            if adversarial:  # the discriminator scores the model's relaxed next-token predictions
+                adv_loss, adv_metrics = self.adversarial.generator_loss(out.params, batch["t"])
+                loss = loss + adv_loss
+                metrics.update(adv_metrics, loss=loss.item())
         finite = torch.isfinite(loss)
         if self.distributed:  # every rank must agree to skip, or the all-reduce below would hang
             flag = finite.float().to(self.device)
@@ -297,6 +319,8 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or math.inf)
         self.optimizer.step()
         self.scheduler.step()
+        if adversarial:
+            metrics.update(self.adversarial.discriminator_step(out.params.detach(), batch["t"]))
         if self.cfg.data.mem_len:
             self.history = self.model.last_history
         stats = self.model.last_stats
