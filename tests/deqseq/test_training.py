@@ -194,10 +194,11 @@ def nan_loss_on(calls: list[int], bad: Callable[[int], bool]) -> Callable:
     """A DEQSequenceModel.loss that counts its calls in `calls` and returns a NaN loss on the calls `bad` picks."""
     original = DEQSequenceModel.loss
 
-    def loss(self: DEQSequenceModel, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self: DEQSequenceModel, batch: dict, with_output: bool = False) -> tuple:
         calls.append(len(calls) + 1)
-        value, metrics = original(self, batch)
-        return (value * math.nan if bad(len(calls)) else value), metrics
+        value, metrics, out = original(self, batch, with_output=True)
+        value = value * math.nan if bad(len(calls)) else value
+        return (value, metrics, out) if with_output else (value, metrics)
 
     return loss
 
