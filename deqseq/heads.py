@@ -14,14 +14,24 @@ generator)` draws targets using only the given generator. The heads:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from .config import ModelConfig
+
+class HeadSpec(Protocol):
+    """What build_head reads of a config (deqseq.config.ModelConfig has it; this module does not import it)."""
+
+    head: str
+    vocab_size: int
+    mixtures: int
+    min_std: float
+    levels: int
+
+    @property
+    def target_dim(self) -> int: ...
 
 
 def bits_per_dim(nll: Tensor, target_dim: int) -> Tensor:
@@ -386,7 +396,7 @@ HEADS: dict[str, type[Head]] = {
 }
 
 
-def build_head(cfg: ModelConfig, in_dim: int) -> Head:
+def build_head(cfg: HeadSpec, in_dim: int) -> Head:
     """The head named by cfg.head, reading in_dim features per position."""
     if cfg.head == "categorical":
         return CategoricalHead(in_dim, cfg.vocab_size)

@@ -8,13 +8,21 @@ for attributes it lacks).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from .config import ModelConfig
+
+class InputSpec(Protocol):
+    """What build_input reads of a config (deqseq.config.ModelConfig has it; this module does not import it)."""
+
+    input: str
+    vocab_size: int
+    in_dim: int | None
+
+    @property
+    def embed_dim(self) -> int: ...
 
 
 class TokenEmbedding(nn.Module):
@@ -98,7 +106,7 @@ INPUTS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_input(cfg: ModelConfig) -> nn.Module:
+def build_input(cfg: InputSpec) -> nn.Module:
     """The input transform named by cfg.input, producing cfg.embed_dim features per position."""
     if cfg.input not in INPUTS:
         raise ValueError(f"ModelConfig.input={cfg.input!r} is unknown; allowed: {', '.join(sorted(INPUTS))}")

@@ -10,7 +10,53 @@ from torch import Tensor
 from .errors import DataError
 
 
-class StreamBatcher:
+class ResumableBatches:
+    """A pass over numbered batches 0..len-1 with a saved cursor: `position` is the index of the next batch to
+    hand out and `epoch` the number of completed passes. Subclasses define __len__ and _batch(index)."""
+
+    position: int
+    epoch: int
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _batch(self, index: int) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def _check_position(self, position: int) -> None:
+        if not 0 <= position < len(self):
+            raise ValueError(f"batch position {position} is out of range [0, {len(self)})")
+
+    def _advance(self) -> dict[str, Tensor]:
+        """The batch at `position`, moving position on (to 0 and epoch + 1 after the last one)."""
+        batch = self._batch(self.position)
+        self.position += 1
+        if self.position == len(self):
+            self.position, self.epoch = 0, self.epoch + 1
+        return batch
+
+    def iterate(self, start: int | None = None) -> Iterator[dict[str, Tensor]]:
+        """Batches from `start` (default: the current position) to the end of the pass."""
+        if start is not None:
+            self._check_position(start)
+            self.position = start
+        while True:
+            last = self.position == len(self) - 1
+            yield self._advance()
+            if last:
+                return
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        """Batches from the current position to the end of the pass (from 0 again after a full pass)."""
+        return self.iterate()
+
+    def cycle(self) -> Iterator[dict[str, Tensor]]:
+        """Batches forever, wrapping around at the end of each pass and counting epochs (for training)."""
+        while True:
+            yield self._advance()
+
+
+class StreamBatcher(ResumableBatches):
     """Segments {"x": (B, L), "t": (B, L)} of a token stream, where t is x shifted by one (the next token).
 
     The stream is cut into `batch_size` equal contiguous rows (the remainder is dropped); segment i holds
@@ -46,10 +92,6 @@ class StreamBatcher:
         """Number of predicted tokens (elements of all the t's) in one pass."""
         return self.batch_size * (self.rows.shape[1] - 1)
 
-    def _check_position(self, position: int) -> None:
-        if not 0 <= position < len(self):
-            raise ValueError(f"segment position {position} is out of range [0, {len(self)})")
-
     def segment(self, index: int) -> dict[str, Tensor]:
         """Segment `index` (0 <= index < len(self)) as {"x": (B, L'), "t": (B, L')}, L' <= seq_len."""
         self._check_position(index)
@@ -57,33 +99,8 @@ class StreamBatcher:
         b = min(a + self.seq_len, self.rows.shape[1] - 1)
         return {"x": self.rows[:, a:b].clone(), "t": self.rows[:, a + 1 : b + 1].clone()}
 
-    def _advance(self) -> dict[str, Tensor]:
-        """The segment at `position`, moving position on (to 0 and epoch + 1 after the last segment)."""
-        batch = self.segment(self.position)
-        self.position += 1
-        if self.position == len(self):
-            self.position, self.epoch = 0, self.epoch + 1
-        return batch
-
-    def iterate(self, start: int | None = None) -> Iterator[dict[str, Tensor]]:
-        """Segments from `start` (default: the current position) to the end of the pass."""
-        if start is not None:
-            self._check_position(start)
-            self.position = start
-        while True:
-            last = self.position == len(self) - 1
-            yield self._advance()
-            if last:
-                return
-
-    def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        """Segments from the current position to the end of the pass (from 0 again after a full pass)."""
-        return self.iterate()
-
-    def cycle(self) -> Iterator[dict[str, Tensor]]:
-        """Segments forever, wrapping around at the end of each pass and counting epochs (for training)."""
-        while True:
-            yield self._advance()
+    def _batch(self, index: int) -> dict[str, Tensor]:
+        return self.segment(index)
 
     def state_dict(self) -> dict[str, Any]:
         """Position, epoch and the shape of the batching, as plain python ints."""

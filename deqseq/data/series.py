@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .batching import ResumableBatches
 from .corpus import SPLITS, split_sizes
 from .errors import DataError
 
@@ -244,7 +244,7 @@ def fourier_series(
 # ------------------------------------------------------------------------------------------------- SeriesBatcher
 
 
-class SeriesBatcher:
+class SeriesBatcher(ResumableBatches):
     """Batches {"x": (B, L, I), "t": (B, L, I)[, "c": cond rows]} of whole series, t being x shifted by one step.
 
     Each pass visits every series once, in a fresh permutation per pass with shuffle (drawn from a torch.Generator
@@ -308,10 +308,6 @@ class SeriesBatcher:
             self._order, self._order_epoch = torch.randperm(self.num_series, generator=gen), epoch
         return self._order
 
-    def _check_position(self, position: int) -> None:
-        if not 0 <= position < len(self):
-            raise ValueError(f"batch position {position} is out of range [0, {len(self)})")
-
     def batch(self, index: int, epoch: int | None = None) -> dict[str, Tensor]:
         """Batch `index` of pass `epoch` (default: the current one); the last one of a pass may be smaller."""
         self._check_position(index)
@@ -323,33 +319,8 @@ class SeriesBatcher:
             out["c"] = self.cond[rows]
         return out
 
-    def _advance(self) -> dict[str, Tensor]:
-        """The batch at `position`, moving position on (to 0 and epoch + 1 after the last batch)."""
-        batch = self.batch(self.position)
-        self.position += 1
-        if self.position == len(self):
-            self.position, self.epoch = 0, self.epoch + 1
-        return batch
-
-    def iterate(self, start: int | None = None) -> Iterator[dict[str, Tensor]]:
-        """Batches from `start` (default: the current position) to the end of the pass."""
-        if start is not None:
-            self._check_position(start)
-            self.position = start
-        while True:
-            last = self.position == len(self) - 1
-            yield self._advance()
-            if last:
-                return
-
-    def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        """Batches from the current position to the end of the pass (from 0 again after a full pass)."""
-        return self.iterate()
-
-    def cycle(self) -> Iterator[dict[str, Tensor]]:
-        """Batches forever, a new order each pass, counting epochs (for training)."""
-        while True:
-            yield self._advance()
+    def _batch(self, index: int) -> dict[str, Tensor]:
+        return self.batch(index)
 
     def state_dict(self) -> dict[str, Any]:
         """Position, epoch, seed and the shape of the batching, as plain python ints."""
