@@ -223,7 +223,10 @@ def _generate_command(args, model, tokenizer, prompt: list[int], mem_len: int | 
     import torch
 
     from .equivalence import check_equivalence
-    from .generation import history_window, stream
+    from .generation import history_window, next_input, stream
+
+    def token_ids(step) -> torch.Tensor:  # (N,) ids; a dmol head over token ids samples level values
+        return next_input(model, step.ids)[:, 0]
 
     steps = []
     out = sys.stdout
@@ -242,12 +245,12 @@ def _generate_command(args, model, tokenizer, prompt: list[int], mem_len: int | 
             if args.stream:
                 # Decode the whole text each time: tokenizers that join tokens with separators (words, ids)
                 # decode a continuation differently from its pieces, and a byte may end mid-character.
-                text = tokenizer.decode(prompt + [s.ids[0].item() for s in steps])
+                text = tokenizer.decode(prompt + [token_ids(s)[0].item() for s in steps])
                 if not text.endswith("\ufffd"):
                     out.write(text[len(shown):])
                     out.flush()
                     shown = text
-        new = torch.stack([s.ids for s in steps], dim=1).cpu()
+        new = torch.stack([token_ids(s) for s in steps], dim=1).cpu()
         if args.stream:
             out.write(tokenizer.decode(prompt + new[0].tolist())[len(shown):] + "\n")
         for i in range(1 if args.stream else 0, new.shape[0]):

@@ -23,6 +23,7 @@ from .cells import History
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import Config, ConfigError, ModelConfig, config_to_dict, dump_yaml
 from .data import Corpus, SeriesBatcher, SeriesData, StreamBatcher, load_corpus
+from .heads import CategoricalHead
 from .model import DEQSequenceModel
 from .tracking import Tracker
 
@@ -346,7 +347,8 @@ class Trainer:
         from .generation import generate
 
         prompt = self.corpus.valid[:prompt_len].to(self.device)
-        ids = generate(self.model, prompt, self.cfg.train.sample_tokens, temperature=0.8, top_k=50, seed=self.step)
+        top_k = 50 if isinstance(self.model.head, CategoricalHead) else None  # other heads sample with temperature
+        ids = generate(self.model, prompt, self.cfg.train.sample_tokens, temperature=0.8, top_k=top_k, seed=self.step)
         return self.corpus.tokenizer.decode(ids[0].tolist())
 
     def _open_tracking(self) -> None:

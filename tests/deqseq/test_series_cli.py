@@ -7,6 +7,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import io
+import json
 import math
 from pathlib import Path
 
@@ -177,11 +178,25 @@ def test_training_refuses_mismatched_data_and_model(tmp_path, capsys):
 
 def test_evaluation_reports_nats_and_bits_per_dim(series_run):
     rows = [line for line in (series_run / "metrics.jsonl").read_text().splitlines() if "test_nll" in line]
-    import json
-
     last = json.loads(rows[-1])
     assert math.isclose(last["test_bits_per_dim"], last["test_nll"] / math.log(2), rel_tol=1e-9)
     assert last["test_steps"] == 3 * 16  # every test series' 16 predicted steps
     assert math.isclose(json.loads(next(r for r in (series_run / "metrics.jsonl").read_text().splitlines()
                                         if "data_nll_bound" in r))["data_nll_bound"],
                         0.5 * math.log(2 * math.pi * math.e * 0.05 ** 2), rel_tol=1e-9)
+
+
+def test_dmol_head_over_token_ids_trains_samples_and_generates(tmp_path, capsys):
+    run_dir = _train(tmp_path, "dmol", "data.source=markov:order=1,vocab=8,seed=0,length=3000",
+                     "model.input=embedding", "model.head=dmol", "model.levels=8", "train.sample_every=3",
+                     "train.sample_tokens=5", "train.log_every=1")
+    samples = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "sample" in line]
+    assert len(samples) == 2 and all(len(s["sample"].split()) == 16 + 5 for s in samples)  # prompt + 5 ids
+    argv = ("--checkpoint", run_dir, "--prompt", "1 2 3", "--max-new-tokens", 6, "--seed", 0)
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    ids = out.split()
+    assert ids[:3] == ["1", "2", "3"] and len(ids) == 9 and all(0 <= int(i) < 8 for i in ids)
+    code, streamed, err = run(capsys, *argv, "--stream", "--check-equivalence")
+    assert code == 0, err
+    assert streamed.splitlines()[0].split() == ids and "ok (slack 10)" in streamed
