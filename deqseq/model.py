@@ -13,7 +13,7 @@ import solvers
 from .cells import History, build_cell
 from .config import ModelConfig, SolverSettings
 from .deq import DEQLayer
-from .heads import build_head
+from .heads import CategoricalHead, DiscretizedLogisticMixtureHead, build_head
 from .inputs import build_input, check_input
 
 
@@ -134,11 +134,11 @@ class DEQSequenceModel(nn.Module):
         and the output to live in the same space (ids scored by a categorical head over the same vocabulary,
         level ids by a dmol head over as many levels, or real values of the head's width)."""
         head, cfg = self.head, self.config
-        kind = type(head).__name__
         if not x.dtype.is_floating_point:
-            if kind == "CategoricalHead" and head.vocab == getattr(self.input, "vocab", head.vocab):
+            if isinstance(head, CategoricalHead) and head.vocab == getattr(self.input, "vocab", head.vocab):
                 return x[:, 1:]
-            if kind == "DiscretizedLogisticMixtureHead" and head.target_dim == 1 and head.levels == cfg.vocab_size:
+            if isinstance(head, DiscretizedLogisticMixtureHead) and head.target_dim == 1 and (
+                    head.levels == cfg.vocab_size):
                 return x[:, 1:, None]
         elif not getattr(head, "discrete", True) and x.dim() == 3 and x.shape[-1] == head.target_dim:
             return x[:, 1:]
