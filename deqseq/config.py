@@ -122,8 +122,7 @@ class ModelConfig:
         for name in ("in_dim", "out_dim"):
             if getattr(self, name) is not None:
                 _check_int(owner, name, getattr(self, name), 1)
-        if isinstance(self.min_std, bool) or not isinstance(self.min_std, int | float) or not 0 < self.min_std < 1e3:
-            raise ValueError(f"{owner}.min_std={self.min_std!r} must be a number in (0, 1000)")
+        _check_number(owner, "min_std", self.min_std, low=0, high=1e3, low_open=True, high_open=True)
         if self.input not in REAL_INPUTS and self.in_dim is not None:
             raise ValueError(f"{owner}.in_dim={self.in_dim} is only for real-valued inputs "
                              f"(input: {_allowed(REAL_INPUTS)}), not input={self.input!r}")

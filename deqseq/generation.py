@@ -246,6 +246,8 @@ def stream(
     ids = model_prompt(model, prompt)
     batch, prompt_len = ids.shape[:2]
     _check_cond(cond, batch, prompt_len + max_new_tokens)
+    if cond is not None:  # class ids become vectors once, not at every token
+        cond = model.condition_vectors(cond.to(device))
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()

@@ -172,7 +172,39 @@ class CategoricalHead(Head):
                                   "sample)")
 
 
-class MixtureOfGaussiansHead(Head):
+class _MixtureHead(Head):
+    """The parameter layout both mixture heads share: (P = K + 2*K*Q) = K mixture logits, then K*Q means, then
+    K*Q scale parameters (component-major: k*Q + q), all from one linear map of the readout."""
+
+    def _init_layout(self, in_dim: int, target_dim: int, mixtures: int, mean_spread: float, scale_bias: float) -> None:
+        """The linear map, initialised so an untrained head has equal weights, component means spread evenly
+        over [-mean_spread, mean_spread] (so components differ) and every scale parameter at scale_bias."""
+        self.in_dim, self.target_dim, self.mixtures = in_dim, target_dim, mixtures
+        self.num_params = mixtures * (1 + 2 * target_dim)
+        self.proj = nn.Linear(in_dim, self.num_params)
+        k, q = mixtures, target_dim
+        with torch.no_grad():
+            self.proj.bias.zero_()
+            spread = torch.linspace(-mean_spread, mean_spread, k) if k > 1 else torch.zeros(1)
+            self.proj.bias[k:k + k * q] = spread.repeat_interleave(q)
+            self.proj.bias[k + k * q:] = scale_bias
+
+    def forward(self, h: Tensor) -> Tensor:
+        """Parameters (B, T, K + 2*K*Q)."""
+        return self.proj(h)
+
+    def _split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(log mixture weights (..., K), means (..., K, Q), raw scale parameters (..., K, Q)), in float32 or
+        float64."""
+        self._check_params(params)
+        params = params.to(_compute_dtype(params))
+        k, q = self.mixtures, self.target_dim
+        logits, mu, scale = params.split([k, k * q, k * q], dim=-1)
+        lead = params.shape[:-1]
+        return torch.log_softmax(logits, dim=-1), mu.reshape(*lead, k, q), scale.reshape(*lead, k, q)
+
+
+class MixtureOfGaussiansHead(_MixtureHead):
     """A mixture of K Gaussians with diagonal covariance over Q real values per position.
 
     params (P = K + 2*K*Q): K mixture logits, then K*Q means (component-major: k*Q + q), then K*Q raw scales;
@@ -188,30 +220,15 @@ class MixtureOfGaussiansHead(Head):
         super().__init__()
         if min_std <= 0:
             raise ValueError(f"min_std must be > 0, got {min_std}")
-        self.in_dim, self.target_dim, self.mixtures, self.min_std = in_dim, target_dim, mixtures, float(min_std)
-        self.num_params = mixtures * (1 + 2 * target_dim)
-        self.proj = nn.Linear(in_dim, self.num_params)
-        k, q = mixtures, target_dim
-        with torch.no_grad():
-            # An untrained head: equal weights, means spread over [-1, 1] (so components differ) and std ~ 1.
-            self.proj.bias.zero_()
-            spread = torch.linspace(-1.0, 1.0, k) if k > 1 else torch.zeros(1)
-            self.proj.bias[k:k + k * q] = spread.repeat_interleave(q)
-            self.proj.bias[k + k * q:] = math.log(math.expm1(1.0 - self.min_std)) if self.min_std < 1 else -5.0
-
-    def forward(self, h: Tensor) -> Tensor:
-        """Parameters (B, T, K + 2*K*Q)."""
-        return self.proj(h)
+        self.min_std = float(min_std)
+        # An untrained head: means over [-1, 1] and std ~ 1 (softplus(raw) + min_std = 1).
+        raw_std = math.log(math.expm1(1.0 - self.min_std)) if self.min_std < 1 else -5.0
+        self._init_layout(in_dim, target_dim, mixtures, mean_spread=1.0, scale_bias=raw_std)
 
     def components(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(log mixture weights (..., K), means (..., K, Q), stds (..., K, Q)), in float32 or float64."""
-        self._check_params(params)
-        params = params.to(_compute_dtype(params))
-        k, q = self.mixtures, self.target_dim
-        logits, mu, raw = params.split([k, k * q, k * q], dim=-1)
-        lead = params.shape[:-1]
-        std = F.softplus(raw) + self.min_std
-        return torch.log_softmax(logits, dim=-1), mu.reshape(*lead, k, q), std.reshape(*lead, k, q)
+        log_pi, mu, raw = self._split(params)
+        return log_pi, mu, F.softplus(raw) + self.min_std
 
     def nll(self, params: Tensor, target: Tensor) -> Tensor:
         """Negative log-likelihood in nats (B, T) of real targets (B, T, Q), summed over the Q dims."""
@@ -254,7 +271,7 @@ def _log1mexp(d: Tensor, log_d: Tensor) -> Tensor:
     return torch.where(small, log_d - 0.5 * d, exact)  # log(1 - e^-d) = log d - d/2 + O(d^2)
 
 
-class DiscretizedLogisticMixtureHead(Head):
+class DiscretizedLogisticMixtureHead(_MixtureHead):
     """The PixelCNN++ discretized mixture of K logistics over `levels` equally spaced values in [-1, 1].
 
     Level l has the value 2*l/(levels-1) - 1 and owns the bin of half-width 1/(levels-1) around it; the edge levels
@@ -284,20 +301,10 @@ class DiscretizedLogisticMixtureHead(Head):
         super().__init__()
         if levels < 2:
             raise ValueError(f"levels must be >= 2, got {levels}")
-        self.in_dim, self.target_dim, self.mixtures, self.levels = in_dim, target_dim, mixtures, levels
-        self.num_params = mixtures * (1 + 2 * target_dim)
-        self.proj = nn.Linear(in_dim, self.num_params)
-        k, q = mixtures, target_dim
-        with torch.no_grad():
-            # An untrained head: equal weights, means spread over [-0.5, 0.5], each component's std ~ 0.5.
-            self.proj.bias.zero_()
-            spread = torch.linspace(-0.5, 0.5, k) if k > 1 else torch.zeros(1)
-            self.proj.bias[k:k + k * q] = spread.repeat_interleave(q)
-            self.proj.bias[k + k * q:] = math.log(0.5 * math.sqrt(3) / math.pi)  # logistic std = scale * pi / sqrt 3
-
-    def forward(self, h: Tensor) -> Tensor:
-        """Parameters (B, T, K + 2*K*Q)."""
-        return self.proj(h)
+        self.levels = levels
+        # An untrained head: means over [-0.5, 0.5], each component's std ~ 0.5 (logistic std = scale * pi / sqrt 3).
+        log_scale = math.log(0.5 * math.sqrt(3) / math.pi)
+        self._init_layout(in_dim, target_dim, mixtures, mean_spread=0.5, scale_bias=log_scale)
 
     def to_levels(self, values: Tensor) -> Tensor:
         """Level ids (long) of the nearest levels to values (values outside [-1, 1] go to the edge levels)."""
@@ -310,13 +317,8 @@ class DiscretizedLogisticMixtureHead(Head):
 
     def components(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(log mixture weights (..., K), means (..., K, Q), clamped log-scales (..., K, Q)), float32 or float64."""
-        self._check_params(params)
-        params = params.to(_compute_dtype(params))
-        k, q = self.mixtures, self.target_dim
-        logits, mu, log_s = params.split([k, k * q, k * q], dim=-1)
-        lead = params.shape[:-1]
-        log_s = log_s.clamp(min=self.min_log_scale)
-        return torch.log_softmax(logits, dim=-1), mu.reshape(*lead, k, q), log_s.reshape(*lead, k, q)
+        log_pi, mu, log_s = self._split(params)
+        return log_pi, mu, log_s.clamp(min=self.min_log_scale)
 
     def _log_mass(self, ids: Tensor, mu: Tensor, log_s: Tensor) -> Tensor:
         """log P(level id) under logistics (mu, exp(log_s)); all arguments broadcast together."""

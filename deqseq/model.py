@@ -87,6 +87,19 @@ class DEQSequenceModel(nn.Module):
             raise TypeError(f"settings must be a SolverSettings, got {type(value).__name__}")
         self.deq.settings = value
 
+    def condition_vectors(self, cond: Tensor) -> Tensor:
+        """Conditioning as vectors: class ids (B,) / (B, T) one-hot encoded over cond_dim classes (checked to be
+        in range), vectors as they are. Generation converts once, so its per-token steps skip the check."""
+        if self.cond is None:
+            raise ValueError("cond was given but the model has ModelConfig.cond_dim=0")
+        if cond.dtype.is_floating_point:
+            return cond
+        dim = self.config.cond_dim
+        if cond.dim() not in (1, 2) or bool((cond < 0).any() | (cond >= dim).any()):
+            raise ValueError(f"class conditioning must be ids in [0, {dim}) of shape (B,) or (B, T), got "
+                             f"{tuple(cond.shape)} with values {cond.min().item()}..{cond.max().item()}")
+        return F.one_hot(cond.long(), dim).to(self.cond.weight.dtype)
+
     def embed(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """The embedded input (B, T, d_embed) the injection is computed from, with the conditioning added.
 
@@ -97,14 +110,8 @@ class DEQSequenceModel(nn.Module):
         e = self.input(x)
         if cond is None:
             return e
-        if self.cond is None:
-            raise ValueError("cond was given but the model has ModelConfig.cond_dim=0")
+        cond = self.condition_vectors(cond)
         dim = self.config.cond_dim
-        if not cond.dtype.is_floating_point:
-            if cond.dim() not in (1, 2) or bool((cond < 0).any() | (cond >= dim).any()):
-                raise ValueError(f"class conditioning must be ids in [0, {dim}) of shape (B,) or (B, T), got "
-                                 f"{tuple(cond.shape)} with values {cond.min().item()}..{cond.max().item()}")
-            cond = F.one_hot(cond.long(), dim)
         if cond.dim() not in (2, 3) or cond.shape[0] != e.shape[0] or cond.shape[-1] != dim or (
             cond.dim() == 3 and cond.shape[1] != e.shape[1]
         ):

@@ -16,6 +16,7 @@ class ResumableBatches:
 
     position: int
     epoch: int
+    shape_keys: tuple[str, ...] = ()  # attributes a saved state must match to be resumed here
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -55,6 +56,19 @@ class ResumableBatches:
         while True:
             yield self._advance()
 
+    def state_dict(self) -> dict[str, Any]:
+        """Position, epoch and the shape of the batching, as plain python ints."""
+        return {"position": self.position, "epoch": self.epoch, **{k: getattr(self, k) for k in self.shape_keys}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at a saved position and epoch; the batching it was saved with must match this one."""
+        for key in self.shape_keys:
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(f"cannot resume batching saved with {key}={state[key]} into one with "
+                                 f"{key}={getattr(self, key)}")
+        self._check_position(int(state["position"]))
+        self.position, self.epoch = int(state["position"]), int(state["epoch"])
+
 
 class StreamBatcher(ResumableBatches):
     """Segments {"x": (B, L), "t": (B, L)} of a token stream, where t is x shifted by one (the next token).
@@ -66,6 +80,8 @@ class StreamBatcher(ResumableBatches):
     `position` is the index of the next segment to produce and `epoch` the number of completed passes; both are
     updated as segments are handed out and are saved by state_dict(), so a run resumes with the same batches.
     """
+
+    shape_keys = ("batch_size", "seq_len", "num_tokens")
 
     def __init__(self, ids: Tensor, batch_size: int, seq_len: int, start: int = 0):
         if ids.dim() != 1:
@@ -101,22 +117,3 @@ class StreamBatcher(ResumableBatches):
 
     def _batch(self, index: int) -> dict[str, Tensor]:
         return self.segment(index)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Position, epoch and the shape of the batching, as plain python ints."""
-        return {
-            "position": self.position,
-            "epoch": self.epoch,
-            "batch_size": self.batch_size,
-            "seq_len": self.seq_len,
-            "num_tokens": self.num_tokens,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at a saved position and epoch; the batching it was saved with must match this one."""
-        for key in ("batch_size", "seq_len", "num_tokens"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(f"cannot resume batching saved with {key}={state[key]} into one with "
-                                 f"{key}={getattr(self, key)}")
-        self._check_position(int(state["position"]))
-        self.position, self.epoch = int(state["position"]), int(state["epoch"])

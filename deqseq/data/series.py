@@ -256,6 +256,8 @@ class SeriesBatcher(ResumableBatches):
     of completed passes; state_dict() saves them, so a resumed run sees the same batches.
     """
 
+    shape_keys = ("batch_size", "seq_len", "num_series")
+
     def __init__(
         self,
         values: Tensor,
@@ -324,22 +326,10 @@ class SeriesBatcher(ResumableBatches):
 
     def state_dict(self) -> dict[str, Any]:
         """Position, epoch, seed and the shape of the batching, as plain python ints."""
-        return {
-            "position": self.position,
-            "epoch": self.epoch,
-            "batch_size": self.batch_size,
-            "seq_len": self.seq_len,
-            "num_series": self.num_series,
-            "seed": self.seed,
-        }
+        return {**super().state_dict(), "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at a saved position and epoch with the saved seed; the batch shape must match this one."""
-        for key in ("batch_size", "seq_len", "num_series"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(f"cannot resume batching saved with {key}={state[key]} into one with "
-                                 f"{key}={getattr(self, key)}")
-        self._check_position(int(state["position"]))
-        self.position, self.epoch = int(state["position"]), int(state["epoch"])
+        super().load_state_dict(state)
         self.seed = int(state.get("seed", self.seed))
         self._order_epoch = None
