@@ -5,6 +5,7 @@ Errors a user can cause end with one line on stderr and exit code 2; bugs still 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint
@@ -32,10 +33,16 @@ def train_main(argv: list[str] | None = None, default_config: str | None = None)
 
     parser = _Parser(prog="train.py", description="Train a DEQ sequence model.")
     parser.add_argument("--config", help=f"YAML experiment config (default: {default_config or 'built-in defaults'})")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR/last.pt")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue the run saved in RUN_DIR/last.pt, writing to RUN_DIR")
+    parser.add_argument("--force", action="store_true",
+                        help="start over in a run folder that already holds a run (its checkpoints are deleted)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="plain log lines instead of a progress bar (the default when stdout is not a terminal)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.max_steps=200")
     args = parser.parse_args(argv)
+    if args.force and args.resume is not None:
+        parser.error("--force starts a run over; it cannot be combined with --resume")
     try:
         if args.resume is not None and args.config is None:
             # Without --config a resumed run keeps its own saved config (overrides still apply on top), so the
@@ -44,13 +51,17 @@ def train_main(argv: list[str] | None = None, default_config: str | None = None)
             cfg = apply_overrides(config_from_dict(saved), args.overrides)
         else:
             cfg = load_config(args.config or default_config, args.overrides)
-        result = train(cfg, resume_dir=args.resume, progress=not args.no_progress)
+        result = train(cfg, resume_dir=args.resume, progress="lines" if args.no_progress else "auto",
+                       force=args.force)
     except USER_ERRORS as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
     except TrainingStopped as err:
         print(f"train.py: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:  # at startup (nothing written yet) or in the final evaluation (after last.pt)
+        print(f"train.py: {err or 'interrupted before training started; nothing was saved'}", file=sys.stderr)
+        return 130
     if result.interrupted:
         print(f"interrupted at step {result.step}; resume with: python train.py --resume {result.run_dir}")
         return 130
@@ -85,7 +96,12 @@ def _mem_len(value: str) -> int | str:
 def _read_text(spec: str, what: str) -> str:
     """TEXT as is, @FILE's contents, or stdin for '-'."""
     if spec == "-":
-        return sys.stdin.read()
+        if sys.stdin is None or sys.stdin.closed:
+            raise UsageError(f"{what} '-' reads standard input, but it is closed")
+        try:
+            return sys.stdin.read()
+        except (OSError, ValueError, UnicodeDecodeError) as err:
+            raise UsageError(f"cannot read the {what} from standard input: {err}") from None
     if spec.startswith("@"):
         path = spec[1:]
         try:
@@ -97,24 +113,27 @@ def _read_text(spec: str, what: str) -> str:
     return spec
 
 
-def _history_len(mem_len: int | str, model, config, total: int) -> int | None:
-    """The transformer history window to generate or score with (None = the model's own).
+def _window(mem_len: int | str, model, total: int) -> int | str | None:
+    """The --mem-len value as the library's window argument (see DEQSequenceModel.resolve_window).
 
-    auto: the model's window, else the context it was trained on (each query sees at most seq_len positions,
-    as in training). all: no window beyond the model's own, so the whole sequence must fit that context.
+    auto: the model's default window, its own or else the context it was trained on (each query sees at most
+    trained_len positions, as in training), the library's default too. all: no window beyond the model's own,
+    so a sequence of `total` positions must fit the trained context.
     """
-    cell = model.deq.cell
-    if not hasattr(cell, "window") or cell.window is not None:
-        return mem_len if isinstance(mem_len, int) else None
-    if isinstance(mem_len, int):
+    if mem_len != "all":
         return mem_len
-    context = config.data.seq_len
-    if mem_len == "auto":
-        return context - 1
-    if total > context:
+    cell, context = model.deq.cell, model.config.trained_len
+    if cell.has_window and cell.window is None and context is not None and total > context:
         raise UsageError(f"{total} positions exceed the {context} this model was trained on and it has no "
                          f"history window; pass --mem-len N to attend to the last N positions only")
     return None
+
+
+def _seed(value: str) -> int:
+    n = int(value)
+    if not 0 <= n < 2**64:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2^64), got {value}")
+    return n
 
 
 def _generate_parser() -> _Parser:
@@ -130,7 +149,7 @@ def _generate_parser() -> _Parser:
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--num-samples", type=_positive, default=None,
                         help="continuations per prompt (default: 1; 16 for a real-valued series)")
-    parser.add_argument("--seed", type=int, default=None, help="same seed, same samples (default: random)")
+    parser.add_argument("--seed", type=_seed, default=None, help="same seed, same samples (default: random)")
     parser.add_argument("--mem-len", type=_mem_len, default="auto",
                         help="transformer history kept per position: N, auto (the model's window, else its "
                              "training context) or all (the whole sequence must fit the training context)")
@@ -183,13 +202,12 @@ def generate_main(argv: list[str] | None = None) -> int:
             raise UsageError("the prompt is empty: give --prompt with at least one symbol to continue from")
         # The last sampled token is only solved for by --check-equivalence.
         solved = len(prompt) + args.max_new_tokens - (0 if args.check_equivalence else 1)
-        mem_len = _history_len(args.mem_len, model, config, solved)
-        return _generate_command(args, model, tokenizer, prompt, mem_len)
+        return _generate_command(args, model, tokenizer, prompt, _window(args.mem_len, model, solved))
     except (*USER_ERRORS, UsageError, UnknownSymbolError) as err:
         print(f"generate.py: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        print("generate.py: interrupted", file=sys.stderr)
         return 130
 
 
@@ -213,17 +231,17 @@ def _score_command(args, model, tokenizer, config) -> int:
     ids = torch.tensor(tokenizer.encode(_read_text("@" + args.score, "score")), dtype=torch.long)
     if ids.numel() < 2:
         raise UsageError(f"{args.score} has {ids.numel()} tokens; scoring needs at least 2")
-    mem_len = _history_len(args.mem_len, model, config, ids.numel() - 1)  # the last token is only a target
+    mem_len = _window(args.mem_len, model, ids.numel() - 1)  # the last token is only a target
     result = score(model, ids, config.data.seq_len, carry_history=True, mem_len=mem_len)
     print(f"{args.score}: {result}")
     return 0
 
 
-def _generate_command(args, model, tokenizer, prompt: list[int], mem_len: int | None) -> int:
+def _generate_command(args, model, tokenizer, prompt: list[int], mem_len: int | str | None) -> int:
     import torch
 
     from .equivalence import check_equivalence
-    from .generation import history_window, next_input, stream
+    from .generation import next_input, stream
 
     def token_ids(step) -> torch.Tensor:  # (N,) ids; a dmol head over token ids samples level values
         return next_input(model, step.ids)[:, 0]
@@ -231,45 +249,46 @@ def _generate_command(args, model, tokenizer, prompt: list[int], mem_len: int | 
     steps = []
     out = sys.stdout
     several = args.num_samples > 1
-    with history_window(model, mem_len):
-        if args.stream:  # sample 1 is printed as it is produced, the others once they are complete
-            shown = tokenizer.decode(prompt)
-            out.write(("---- sample 1 ----\n" if several else "") + shown)
-            out.flush()
-        for step in stream(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                           args.repetition_penalty, args.seed, args.num_samples, warm_start=args.warm_start):
-            steps.append(step)
-            if args.stats:
-                print(f"token {step.index:4d}: iterations {int(step.iterations.max()):3d}  residual "
-                      f"{step.residual.max().item():.2e}  converged {bool(step.converged.all())}", file=sys.stderr)
-            if args.stream:
-                # Decode the whole text each time: tokenizers that join tokens with separators (words, ids)
-                # decode a continuation differently from its pieces, and a byte may end mid-character.
-                text = tokenizer.decode(prompt + [token_ids(s)[0].item() for s in steps])
-                if not text.endswith("\ufffd"):
-                    out.write(text[len(shown):])
-                    out.flush()
-                    shown = text
-        new = torch.stack([token_ids(s) for s in steps], dim=1).cpu()
-        if args.stream:
-            out.write(tokenizer.decode(prompt + new[0].tolist())[len(shown):] + "\n")
-        for i in range(1 if args.stream else 0, new.shape[0]):
-            if several:
-                out.write(f"---- sample {i + 1} ----\n")
-            out.write(tokenizer.decode(prompt + new[i].tolist()) + "\n")
+    if args.stream:  # sample 1 is printed as it is produced, the others once they are complete
+        shown = tokenizer.decode(prompt)
+        out.write(("---- sample 1 ----\n" if several else "") + shown)
         out.flush()
+    for step in stream(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                       args.repetition_penalty, args.seed, args.num_samples, mem_len=mem_len,
+                       warm_start=args.warm_start):
+        steps.append(step)
         if args.stats:
-            _print_generation_stats(steps, len(prompt))
-        if args.check_equivalence:
-            full = torch.cat([torch.tensor(prompt).expand(new.shape[0], -1), new], dim=1)
-            return _check(model, full.to(next(model.parameters()).device), check_equivalence)
+            print(f"token {step.index:4d}: iterations {int(step.iterations.max()):3d}  residual "
+                  f"{step.residual.max().item():.2e}  converged {bool(step.converged.all())}", file=sys.stderr)
+        if args.stream:
+            # Decode the whole text each time: tokenizers that join tokens with separators (words, ids)
+            # decode a continuation differently from its pieces, and a byte may end mid-character.
+            text = tokenizer.decode(prompt + [token_ids(s)[0].item() for s in steps])
+            if not text.endswith("\ufffd"):
+                out.write(text[len(shown):])
+                out.flush()
+                shown = text
+    new = torch.stack([token_ids(s) for s in steps], dim=1).cpu()
+    if args.stream:
+        out.write(tokenizer.decode(prompt + new[0].tolist())[len(shown):] + "\n")
+    for i in range(1 if args.stream else 0, new.shape[0]):
+        if several:
+            out.write(f"---- sample {i + 1} ----\n")
+        out.write(tokenizer.decode(prompt + new[i].tolist()) + "\n")
+    out.flush()
+    if args.stats:
+        _print_generation_stats(steps, len(prompt))
+    if args.check_equivalence:
+        full = torch.cat([torch.tensor(prompt).expand(new.shape[0], -1), new], dim=1)
+        return _check(model, full.to(next(model.parameters()).device), check_equivalence, mem_len=mem_len)
     return 0
 
 
 CHECK_MAX_ITER = 200
+CHECK_TIGHTEN = 100.0  # the check also re-solves at tolerance / this, to show the differences shrink with it
 
 
-def _check(model, ids, check_equivalence, cond=None) -> int:
+def _check(model, ids, check_equivalence, cond=None, mem_len: int | str | None = "auto") -> int:
     """Run the equivalence check with a larger iteration budget than training's (the check is about whether
     the solves agree at the tolerance, so each must get there), print its table; 0 if ok, else 1."""
     from dataclasses import replace
@@ -278,10 +297,12 @@ def _check(model, ids, check_equivalence, cond=None) -> int:
     budget = max(saved.forward.max_iter, CHECK_MAX_ITER)
     model.settings = replace(saved, forward=replace(saved.forward, max_iter=budget))
     try:
-        report = check_equivalence(model, ids, cond=cond)
+        report = check_equivalence(model, ids, cond=cond, mem_len=mem_len, tighten=CHECK_TIGHTEN)
     finally:
         model.settings = saved
-    print(f"equivalence check (solver {saved.forward.method}, tol {saved.forward.tol:g}, up to {budget} iterations):")
+    print(f"equivalence check (solver {saved.forward.method}, tol {saved.forward.tol:g} and "
+          f"{saved.forward.tol / CHECK_TIGHTEN:g}, up to {budget} iterations; state diffs and bounds are per-sequence "
+          "2-norms):")
     print(report)
     return 0 if report.ok else 1
 
@@ -313,6 +334,8 @@ def _numbers(text: str, what: str) -> list[list[float]]:
             rows.append([float(v) for v in items])
         except ValueError:
             raise UsageError(f"{what} must be numbers separated by commas, got {line.strip()!r}") from None
+        if not all(math.isfinite(v) for v in rows[-1]):
+            raise UsageError(f"{what} must be finite numbers, got {line.strip()!r}")
     if not rows:
         raise UsageError(f"{what} has no values")
     return rows
@@ -400,7 +423,7 @@ def _series_command(args, model, config) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise UsageError("--plot needs matplotlib: pip install matplotlib") from None
-    mem_len = _history_len(args.mem_len, model, config, len(prefix) + steps - (0 if args.check_equivalence else 1))
+    mem_len = _window(args.mem_len, model, len(prefix) + steps - (0 if args.check_equivalence else 1))
     result = continue_series(model, prefix, steps, args.num_samples or 16, args.temperature, args.seed, cond, truth,
                              mem_len)
     n = result.samples.shape[0]
@@ -417,5 +440,5 @@ def _series_command(args, model, config) -> int:
     if args.check_equivalence:
         device = next(model.parameters()).device
         c = None if cond is None else cond[None].to(device)
-        return _check(model, result.generation.ids[:1].to(device), check_equivalence, c)
+        return _check(model, result.generation.ids[:1].to(device), check_equivalence, c, mem_len)
     return 0

@@ -75,6 +75,9 @@ class ModelConfig:
     tie_embeddings: share the embedding matrix with the head (needs d_embed == d_model, the readout width).
     cond_dim:       width of the conditioning vectors (0 = no conditioning); integer class ids given as
                     conditioning are one-hot encoded over cond_dim classes.
+    trained_len:    the segment length the model was trained on (filled by training from data.seq_len). Without
+                    a window, generation and scoring let each query attend to at most this many positions
+                    (itself included) unless asked otherwise, as in training (see DEQSequenceModel.default_window).
     """
 
     cell: str = "transformer"
@@ -99,6 +102,7 @@ class ModelConfig:
     levels: int = 256
     tie_embeddings: bool = False
     cond_dim: int = 0
+    trained_len: int | None = None
 
     def __post_init__(self) -> None:
         owner = "ModelConfig"
@@ -117,6 +121,8 @@ class ModelConfig:
             _check_int(owner, "window", self.window, 0)
         if self.d_embed is not None:
             _check_int(owner, "d_embed", self.d_embed, 1)
+        if self.trained_len is not None:
+            _check_int(owner, "trained_len", self.trained_len, 1)
         _check_choice(owner, "input", self.input, INPUTS)
         _check_choice(owner, "head", self.head, HEADS)
         for name in ("in_dim", "out_dim"):

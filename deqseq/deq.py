@@ -59,11 +59,13 @@ class DEQLayer(nn.Module):
         z0: Tensor | None = None,
         attn_mask: Tensor | None = None,
         jacobian: bool = False,
+        window: int | None = None,
     ) -> DEQOutput:
         """Solve for the equilibrium of the T positions of x_emb (B, T, E) after the frozen `history`.
 
         z0 is the initial guess (zeros, or the previous equilibrium with settings.warm_start, when None).
         jacobian=True also returns the Jacobian penalty at z*, differentiable w.r.t. the parameters.
+        window: the attention window of this solve for cells that have one (None = the cell's own).
         """
         s = self.settings
         params = _parametrized_tensors(self.cell)
@@ -73,7 +75,7 @@ class DEQLayer(nn.Module):
                 # Fill the cache now, in the caller's grad mode: a first use inside the no-grad solve would
                 # cache a weight without a graph, and no gradient would reach the weight-norm parameters.
                 getattr(module, name)
-            ctx = self.cell.prepare(x_emb, history, attn_mask)
+            ctx = self.cell.prepare(x_emb, history, attn_mask, window)
             z0 = self._initial_guess(x_emb, z0)
 
             def f(z: Tensor) -> Tensor:

@@ -87,14 +87,15 @@ class _LayoutTransformerCell(TransformerCell):
     """
 
     def prepare(
-        self, x: Tensor, history: TransformerHistory | None = None, attn_mask: Tensor | None = None
+        self, x: Tensor, history: TransformerHistory | None = None, attn_mask: Tensor | None = None,
+        window: int | None = None,
     ) -> TransformerContext:
         """TransformerCell.prepare with rotary tables at the layout's positions (x holds the 2T positions)."""
         if history is not None and (history.offset or history.k.shape[2]):
             raise ValueError("the discriminator solves whole layouts: it takes no history")
         if x.shape[1] % 2:
             raise ValueError(f"a discriminator layout has an even number of positions, got {x.shape[1]}")
-        ctx = super().prepare(x, history, attn_mask)
+        ctx = super().prepare(x, history, attn_mask, window)
         T = x.shape[1] // 2
         cos, sin = rope_tables(0, T + 1, self.head_dim, self.rope_base, x.device, x.dtype)
         pos = layout_positions(T, x.device)

@@ -63,13 +63,13 @@ def continue_series(
     seed: int | None = None,
     cond: Tensor | None = None,
     truth: Tensor | None = None,
-    mem_len: int | None = None,
+    mem_len: int | str | None = "auto",
 ) -> Continuation:
     """Sample `num_samples` continuations of `steps` steps after the observed `prefix` (P, I) ((P,) for I = 1).
 
     cond: one sequence's conditioning: (C,) global, (P + steps - 1, C) local, or a class id (a 0-dim tensor);
     truth: the true continuation (steps, Q), kept for tables and plots. The model must take real values whose
-    width equals its head's (so samples can be fed back).
+    width equals its head's (so samples can be fed back). mem_len: the attention window, as in `generate`.
     """
     if getattr(model.input, "takes_ids", True):
         raise ValueError(f"continue_series needs a model of real-valued inputs, not input={model.config.input!r}")

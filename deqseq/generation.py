@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -161,26 +160,6 @@ def as_prompt(prompt: Tensor | Sequence[int] | Sequence[Sequence[int]], device: 
     return ids.to(device=device, dtype=torch.long)
 
 
-@contextmanager
-def history_window(model: DEQSequenceModel, mem_len: int | None) -> Iterator[None]:
-    """Within the block, the transformer cell keeps only the last `mem_len` frozen positions as history, and
-    every query attends to at most mem_len earlier positions, in whole-sequence and incremental solves alike
-    (so the two still agree). None keeps the model's own setting. Cells with a bounded history (trellis) are
-    unaffected."""
-    cell = model.deq.cell
-    if mem_len is None or not hasattr(cell, "window"):
-        yield
-        return
-    if mem_len < 0:
-        raise ValueError(f"mem_len must be None or >= 0, got {mem_len}")
-    saved = cell.window
-    cell.window = mem_len
-    try:
-        yield
-    finally:
-        cell.window = saved
-
-
 def _stop_ids(stop: int | Sequence[int] | None, device: torch.device) -> Tensor:
     if stop is None:
         return torch.empty(0, dtype=torch.long, device=device)
@@ -229,7 +208,7 @@ def stream(
     num_samples: int = 1,
     stop: int | Sequence[int] | None = None,
     cond: Tensor | None = None,
-    mem_len: int | None = None,
+    mem_len: int | str | None = "auto",
     warm_start: bool = False,
 ) -> Iterator[TokenStep]:
     """Generate like `generate`, yielding each position's TokenStep as soon as its tokens are sampled."""
@@ -243,6 +222,7 @@ def stream(
         raise ValueError(f"top_k, top_p, repetition_penalty and stop apply to categorical heads only, not to "
                          f"the {model.config.head!r} head (its samples are drawn by head.sample with temperature)")
     device = next(model.parameters()).device
+    window = model.resolve_window(mem_len)
     ids = model_prompt(model, prompt)
     batch, prompt_len = ids.shape[:2]
     _check_cond(cond, batch, prompt_len + max_new_tokens)
@@ -259,10 +239,10 @@ def stream(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), history_window(model, mem_len):
+        with torch.no_grad():
             start = time.perf_counter()
             # Prefill: the prompt's positions in one solve, once per prompt; samples share it.
-            out = model(ids, cond=_cond_at(cond, 0, prompt_len))
+            out = model(ids, cond=_cond_at(cond, 0, prompt_len), window=window)
             history: History = out.history.select(fan_out)
             logits, z = out.logits[:, -1][fan_out], out.z[:, -1:][fan_out]
             iterations, residual, converged = (t[fan_out] for t in _solve_stats(out.stats))
@@ -289,7 +269,7 @@ def stream(
                 start = time.perf_counter()
                 position = prompt_len + index
                 out = model(step_input, history=history, cond=_cond_at(cond, position, position + 1),
-                            z0=z if warm_start else None)
+                            z0=z if warm_start else None, window=window)
                 history, logits, z = out.history, out.logits[:, -1], out.z
                 iterations, residual, converged = _solve_stats(out.stats)
     finally:
@@ -308,7 +288,7 @@ def generate(
     num_samples: int = 1,
     stop: int | Sequence[int] | None = None,
     cond: Tensor | None = None,
-    mem_len: int | None = None,
+    mem_len: int | str | None = "auto",
     warm_start: bool = False,
     details: bool = False,
 ) -> Tensor | Generation:
@@ -326,8 +306,10 @@ def generate(
                  when every sequence has stopped.
     cond:        conditioning (B, C) global, or (B, P + max_new_tokens - 1, C) local, covering future positions;
                  class ids (B,) or (B, P + max_new_tokens - 1) for a model with one-hot class conditioning.
-    mem_len:     keep only the last mem_len positions as a transformer's history (a sliding attention window),
-                 bounding memory and time per token for long generations; None keeps the model's window.
+    mem_len:     how many earlier positions each new position attends to (a sliding window over a transformer's
+                 history, which also bounds memory and time per token): "auto" (default) is the model's
+                 `default_window`, its own window or else what it saw in training; an integer N the last N;
+                 "all" or None no limit beyond the model's own window.
     warm_start:  start each position's solve from the previous position's equilibrium instead of zeros.
     Returns the (N, P + G) ids, or a `Generation` with log-probabilities and solver stats when details=True.
     """

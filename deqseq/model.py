@@ -87,6 +87,28 @@ class DEQSequenceModel(nn.Module):
             raise TypeError(f"settings must be a SolverSettings, got {type(value).__name__}")
         self.deq.settings = value
 
+    @property
+    def default_window(self) -> int | None:
+        """The attention window generation and scoring use unless told otherwise: the cell's own window, else
+        trained_len - 1 earlier positions (what each query saw in training), else None (unlimited). Cells without
+        a window (trellis) keep a bounded history anyway and get None."""
+        cell = self.deq.cell
+        if not cell.has_window or cell.window is not None:
+            return cell.window if cell.has_window else None
+        n = self.config.trained_len
+        return n - 1 if n is not None else None
+
+    def resolve_window(self, window: int | str | None) -> int | None:
+        """A window argument as a number or None: "auto" is `default_window`; "all" or None the cell's own window
+        (unlimited if it has none); an integer >= 0 that many earlier positions."""
+        if window == "auto":
+            return self.default_window
+        if window is None or window == "all":
+            return None
+        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+            raise ValueError(f"window (mem_len) must be 'auto', 'all', None or an integer >= 0, got {window!r}")
+        return window
+
     def condition_vectors(self, cond: Tensor) -> Tensor:
         """Conditioning as vectors: class ids (B,) / (B, T) one-hot encoded over cond_dim classes (checked to be
         in range), vectors as they are. Generation converts once, so its per-token steps skip the check."""
@@ -128,10 +150,13 @@ class DEQSequenceModel(nn.Module):
         z0: Tensor | None = None,
         attn_mask: Tensor | None = None,
         jacobian: bool = False,
+        window: int | None = None,
     ) -> ModelOutput:
         """Head parameters of the T positions of x ((B, T) ids or (B, T, in_dim) values) after the frozen
-        `history` (None = a sequence start)."""
-        out = self.deq(self.embed(x, cond), history=history, z0=z0, attn_mask=attn_mask, jacobian=jacobian)
+        `history` (None = a sequence start). window: earlier positions each query attends to in this solve, for
+        cells with a window (None = the cell's own; generation and scoring pass `default_window`)."""
+        out = self.deq(self.embed(x, cond), history=history, z0=z0, attn_mask=attn_mask, jacobian=jacobian,
+                       window=window)
         self.last_stats, self.last_history = out.stats, out.history
         params = self.head(self.deq.cell.readout(out.z))
         return ModelOutput(params=params, history=out.history, stats=out.stats, z=out.z, jac_penalty=out.jac_penalty)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .generation import history_window
 from .model import DEQSequenceModel
 
 
@@ -33,15 +32,16 @@ def score(
     ids: Tensor,
     segment_len: int,
     carry_history: bool = True,
-    mem_len: int | None = None,
+    mem_len: int | str | None = "auto",
     cond: Tensor | None = None,
 ) -> Score:
     """Score every token of ids (N,) or (B, N) after the first, given all the tokens before it.
 
     The text is solved segment_len positions at a time; with carry_history each segment continues from the
     frozen equilibria of the previous ones (exactly one sequence-level solve, up to the solver tolerance),
-    otherwise every segment starts afresh (as training evaluation does with data.mem_len=0). mem_len bounds
-    a transformer's history as in `generate`. cond: (B, C) global or (B, N, C) local conditioning.
+    otherwise every segment starts afresh (as training evaluation does with data.mem_len=0). mem_len is the
+    attention window as in `generate` ("auto": the model's default_window, the same default as the command
+    line). cond: (B, C) global or (B, N, C) local conditioning.
     """
     if segment_len < 1:
         raise ValueError(f"segment_len must be >= 1, got {segment_len}")
@@ -49,17 +49,17 @@ def score(
     if ids.shape[1] < 2:
         raise ValueError(f"a text needs at least 2 tokens to be scored (one to predict from), got {ids.shape[1]}")
     ids = ids.to(next(model.parameters()).device)
+    window = model.resolve_window(mem_len)
     was_training = model.training
     model.eval()
     total, history = 0.0, None
     try:
-        with history_window(model, mem_len):
-            for start in range(0, ids.shape[1] - 1, segment_len):
-                stop = min(start + segment_len, ids.shape[1] - 1)
-                c = cond[:, start:stop] if cond is not None and cond.dim() == 3 else cond
-                out = model(ids[:, start:stop], history=history, cond=c)
-                total += float(model.head.nll(out.logits, ids[:, start + 1 : stop + 1]).double().sum())
-                history = out.history if carry_history else None
+        for start in range(0, ids.shape[1] - 1, segment_len):
+            stop = min(start + segment_len, ids.shape[1] - 1)
+            c = cond[:, start:stop] if cond is not None and cond.dim() == 3 else cond
+            out = model(ids[:, start:stop], history=history, cond=c, window=window)
+            total += float(model.head.nll(out.logits, ids[:, start + 1 : stop + 1]).double().sum())
+            history = out.history if carry_history else None
     finally:
         model.train(was_training)
     count = ids.shape[0] * (ids.shape[1] - 1)

@@ -17,14 +17,16 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from .cells import History
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import Config, ConfigError, ModelConfig, config_to_dict, dump_yaml
-from .data import Corpus, SeriesBatcher, SeriesData, StreamBatcher, load_corpus
+from .data import Corpus, DataError, SeriesBatcher, SeriesData, StreamBatcher, load_corpus
 from .heads import CategoricalHead
 from .model import DEQSequenceModel
+from .progress import Progress
+from .resume import check_resumable
+from .rundir import RunFolder
 from .tracking import Tracker
 
 
@@ -49,6 +51,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def training_device(name: str) -> torch.device:
+    """resolve_device for run.device, with a ConfigError when it names CUDA on a machine without it."""
+    device = resolve_device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"run.device={name}: no CUDA device is available on this machine; use run.device=cpu "
+                          "or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"run.device={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def lr_factor(step: int, warmup: int, max_steps: int, floor: float) -> float:
@@ -146,9 +159,9 @@ def evaluate_series(model: DEQSequenceModel, values: torch.Tensor, cond: torch.T
     return {"nll": nll, "nll_per_dim": nll / dims, "bits_per_dim": nll / dims / math.log(2), "steps": count}
 
 
-def _fit_model_to_data(model: ModelConfig, corpus: Corpus | SeriesData) -> ModelConfig:
-    """The model config with the data's sizes filled in (vocab_size, in_dim, cond_dim); ConfigError when the
-    model cannot read or predict this data."""
+def _fit_model_to_data(model: ModelConfig, corpus: Corpus | SeriesData, seq_len: int) -> ModelConfig:
+    """The model config with the data's sizes filled in (vocab_size, in_dim, cond_dim, and trained_len =
+    seq_len); ConfigError when the model cannot read or predict this data."""
     real_input = model.input in ("linear", "mlp")
     if isinstance(corpus, Corpus):
         if real_input or model.head == "mog":
@@ -158,7 +171,7 @@ def _fit_model_to_data(model: ModelConfig, corpus: Corpus | SeriesData) -> Model
         if model.head == "dmol" and model.levels != corpus.tokenizer.vocab_size:
             raise ConfigError(f"model.head='dmol' over token ids needs model.levels={corpus.tokenizer.vocab_size} "
                               f"(the vocabulary size), got {model.levels}")
-        return replace(model, vocab_size=corpus.tokenizer.vocab_size)
+        return replace(model, vocab_size=corpus.tokenizer.vocab_size, trained_len=seq_len)
     if not real_input or model.head == "categorical":
         raise ConfigError(f"data.source={corpus.spec!r} gives real values (B, T, {corpus.in_dim}); use model.input "
                           f"linear or mlp and model.head mog or dmol, not input={model.input!r}, head={model.head!r}")
@@ -168,31 +181,41 @@ def _fit_model_to_data(model: ModelConfig, corpus: Corpus | SeriesData) -> Model
     if model.cond_dim not in (0, corpus.cond_dim):
         raise ConfigError(f"model.cond_dim={model.cond_dim} does not match the data's conditioning width "
                           f"{corpus.cond_dim} (cond={corpus.cond_kind})")
-    return replace(model, in_dim=corpus.in_dim, cond_dim=corpus.cond_dim)
+    return replace(model, in_dim=corpus.in_dim, cond_dim=corpus.cond_dim, trained_len=seq_len)
 
 
 class Trainer:
     """One training run: builds everything from a Config, then `run()`."""
 
-    def __init__(self, cfg: Config, resume_dir: str | Path | None = None, progress: bool = True) -> None:
+    def __init__(self, cfg: Config, resume_dir: str | Path | None = None, progress: bool = True,
+                 force: bool = False) -> None:
+        """Build data, model, optimiser and batching from cfg; resume from resume_dir (a run folder or a .pt file,
+        whose folder the run then keeps writing to) or, with train.resume, from out_dir/name. A fresh run into a
+        folder that already holds one is refused unless force (which starts it over)."""
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
-        self.device = resolve_device(cfg.run.device)
+        self.device = training_device(cfg.run.device)
         if self.device.type == "cuda" and self.distributed:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.dtype = torch.float64 if cfg.run.dtype == "float64" else torch.float32
+        if resume_dir is not None:  # a resumed run writes where it was read from
+            folder = Path(resume_dir) if Path(resume_dir).is_dir() or not Path(resume_dir).suffix else Path(
+                resume_dir).parent
+            cfg = replace(cfg, run=replace(cfg.run, out_dir=str(folder.parent), name=folder.name))
+        self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
         torch.manual_seed(cfg.run.seed)
         random.seed(cfg.run.seed)
 
         self.corpus: Corpus | SeriesData = load_corpus(cfg.data.source, cfg.data.tokenizer)
         self.series = isinstance(self.corpus, SeriesData)
-        model_cfg = _fit_model_to_data(cfg.model, self.corpus)
+        model_cfg = _fit_model_to_data(cfg.model, self.corpus, cfg.data.seq_len)
         if cfg.data.mem_len and model_cfg.cell == "transformer" and model_cfg.window is None:
             model_cfg = replace(model_cfg, window=cfg.data.mem_len)
         self.cfg = replace(cfg, model=model_cfg)
+        self._check_eval_batches()
         self.model = DEQSequenceModel(model_cfg, cfg.solver).to(self.device, self.dtype)
         if cfg.run.compile:  # the cell is what the solver calls every iteration
             # The adjoint solve backpropagates through f(z*) many times (retain_graph), which compiled
@@ -215,15 +238,37 @@ class Trainer:
                                          cfg.data.seq_len, seed=cfg.run.seed)
         else:
             self.batcher = StreamBatcher(self.corpus.train, cfg.data.batch_size * self.world, cfg.data.seq_len)
-        self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
         self.step, self.best_valid, self.nonfinite, self.history = 0, math.inf, 0, None
         self.wandb_id: str | None = None
-        if resume_dir is not None:
-            self._resume(Path(resume_dir))
-        elif cfg.train.resume and (self.run_dir / "last.pt").is_file():  # train.resume: continue when it exists
-            self._resume(self.run_dir)
-        self.progress = progress and self.rank == 0
+        self.saved: dict[str, int] = {}  # checkpoint name -> the step it holds, for files this run wrote
+        resume_path = Path(resume_dir) if resume_dir is not None else None
+        if resume_path is None and cfg.train.resume and (self.run_dir / "last.pt").is_file():
+            resume_path = self.run_dir  # train.resume: continue when a checkpoint exists
+        self.folder = RunFolder(self.run_dir)
+        if self.rank == 0:
+            self.folder.open(fresh=resume_path is None, force=force)
+        try:
+            if resume_path is not None:
+                self._resume(resume_path)
+        except BaseException:
+            self.folder.close()
+            raise
+        self.progress: bool | str = progress if self.rank == 0 else False
         self.tracker = Tracker.disabled()
+
+    def _check_eval_batches(self) -> None:
+        """Refuse, before step 1, an evaluation batching that cannot cut the valid or test split."""
+        d = self.cfg.data
+        for split in ("valid", "test"):
+            try:
+                if self.series:
+                    SeriesBatcher(self.corpus.split(split), self.corpus.cond(split), d.eval_batch_size, d.seq_len,
+                                  shuffle=False, drop_last=False)
+                else:
+                    StreamBatcher(self.corpus.split(split), d.eval_batch_size, d.seq_len)
+            except DataError as err:
+                raise ConfigError(f"data.eval_batch_size={d.eval_batch_size} does not fit the {split} split: {err}"
+                                  ) from None
 
     def _adversarial(self, cfg: Config):
         """The discriminator, its optimizer and losses for train.adversarial (ConfigError when the model cannot be
@@ -250,14 +295,31 @@ class Trainer:
             "nonfinite": self.nonfinite, "history": _history_state(self.history), "wandb_id": self.wandb_id,
         }
 
+    def weights_finite(self) -> bool:
+        """Whether every parameter is finite (one host sync)."""
+        return bool(torch.stack([p.isfinite().all() for p in self.model.parameters()]).all())
+
     def save(self, name: str) -> None:
-        """Write runs/<name>/<name>.pt atomically (rank 0 only)."""
-        if self.rank == 0:
-            save_checkpoint(self.run_dir / name, self._state())
+        """Write run_dir/name atomically (rank 0 only); never weights that are not finite (TrainingStopped)."""
+        if self.rank != 0:
+            return
+        if not self.weights_finite():
+            raise TrainingStopped(f"stopped at step {self.step}: the weights are not finite, so {name} was not "
+                                  f"overwritten; {self._last_good()}")
+        save_checkpoint(self.run_dir / name, self._state())
+        self.saved[name] = self.step
+
+    def _last_good(self) -> str:
+        """Which checkpoint holds the last good state, for messages (only files that exist and this run wrote,
+        or that it resumed from)."""
+        if "last.pt" in self.saved and (self.run_dir / "last.pt").is_file():
+            return f"the last good checkpoint is {self.run_dir / 'last.pt'} (step {self.saved['last.pt']})"
+        return "no checkpoint of this run was saved yet"
 
     def _resume(self, run_dir: Path) -> None:
         path = run_dir / "last.pt" if run_dir.is_dir() or not run_dir.suffix else run_dir
         state = read_checkpoint(path, map_location=self.device)
+        check_resumable(state["config"], config_to_dict(self.cfg))
         try:  # a checkpoint of another model or batching is a user error, not a bug
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -272,6 +334,8 @@ class Trainer:
         self.history = _history_from_state(self.model, state.get("history"), self.device)
         self.wandb_id = state.get("wandb_id")
         _set_rng_state(state["rng"])
+        if path == self.run_dir / "last.pt":
+            self.saved["last.pt"] = self.step
 
     # -- one step ----------------------------------------------------------------------------------------
     def _local(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -288,7 +352,8 @@ class Trainer:
                 p.grad /= self.world
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
-        """One optimisation step; returns its metrics, or None when the loss was not finite (step skipped)."""
+        """One optimisation step; returns its metrics, or None when the loss or the gradient norm was not finite
+        (the step is skipped: no update is applied). TrainingStopped if an update made the weights non-finite."""
         t = self.cfg.train
         pretraining = self.step < t.pretrain_steps
         grad = t.pretrain_grad if pretraining else self.cfg.solver.grad
@@ -313,13 +378,20 @@ class Trainer:
         if not bool(finite):
             self.nonfinite += 1
             return None
-        self.nonfinite = 0
         loss.backward()
         if self.distributed:
-            self._average_gradients()
+            self._average_gradients()  # every rank then sees the same gradient norm, so all skip together
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or math.inf)
+        if not math.isfinite(float(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite += 1
+            return None
+        self.nonfinite = 0
         self.optimizer.step()
         self.scheduler.step()
+        if not self.weights_finite():
+            raise TrainingStopped(f"stopped at step {self.step + 1}: the update made the weights non-finite "
+                                  f"(lower train.lr?); {self._last_good()}")
         if adversarial:
             metrics.update(self.adversarial.discriminator_step(out.params.detach(), batch["t"]))
         if self.cfg.data.mem_len:
@@ -365,36 +437,82 @@ class Trainer:
         if getattr(self.corpus, "nll_bound", None) is not None:  # noisy series: no model beats the noise
             self.tracker.log({"data_nll_bound": self.corpus.nll_bound}, self.step)
 
+    def _describe(self) -> str:
+        """The start line: data, model size, device and where the run goes."""
+        c, d = self.cfg, self.cfg.data
+        params = sum(p.numel() for p in self.model.parameters())
+        if self.series:
+            data = f"{len(self.corpus.train)} training series"
+        else:
+            data = f"{len(self.corpus.train):,} training {self.corpus.unit}s"
+        solver = c.solver
+        mode = f"{solver.grad} gradients, {solver.forward.method} tol {solver.forward.tol:g}"
+        start = f"resuming at step {self.step}" if self.step else "starting"
+        return (f"{start}: {c.model.cell} DEQ, {params:,} parameters, {mode}; {data} ({d.source}), batches of "
+                f"{d.batch_size * self.world} x {d.seq_len}; device {self.device}; run folder {self.run_dir}")
+
+    def _evaluation_line(self, split: str, values: dict[str, float], batches: int) -> str:
+        d = self.cfg.data
+        unit = next((k for k in values if k.startswith("bits_per_")), None)
+        covers = "the whole split" if not batches else (
+            f"its first {batches} batches of {d.eval_batch_size} x {d.seq_len}")
+        shown = f"nll {values['nll']:.4f}" + (f"  {unit.replace('_', ' ')} {values[unit]:.4f}" if unit else "")
+        return f"step {self.step}: {split} {shown} (over {covers})"
+
     def run(self) -> TrainResult:
-        """Train to max_steps (or until stopped), evaluating and checkpointing on the way."""
+        """Train to max_steps (or until stopped), evaluating and checkpointing on the way.
+
+        SIGINT / SIGTERM stop the loop after the current step (also during a streak of skipped non-finite
+        steps) and save last.pt; signals during that save are held until it is written. A Ctrl-C during the final
+        evaluation raises KeyboardInterrupt after last.pt is saved.
+        """
         t = self.cfg.train
+        try:
+            return self._run(t)
+        finally:
+            self.tracker.finish()
+            self.folder.close()
+
+    def _run(self, t) -> TrainResult:
         self._open_tracking()
         batches = self.batcher.cycle()
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True)
+        show = Progress(self.progress if isinstance(self.progress, str) else ("auto" if self.progress else "off"),
+                        t.max_steps, self.step, t.log_every) if self.rank == 0 else Progress("off", 0, 0, 1)
         valid, interrupted = None, False
         tokens = self.cfg.data.batch_size * self.cfg.data.seq_len * self.world
+        show.event(self._describe())
+        if t.pretrain_steps >= t.max_steps:
+            show.event(f"warning: train.pretrain_steps={t.pretrain_steps} >= train.max_steps={t.max_steps}: the whole "
+                       f"run trains the explicit {t.pretrain_grad} network and never uses the DEQ's solver")
+        elif self.step < t.pretrain_steps:
+            show.event(f"steps 1-{t.pretrain_steps}: pretraining the explicit weight-tied network "
+                       f"({t.pretrain_grad}), then the DEQ ({self.cfg.solver.grad})")
         try:
             with stop_requests() as requests:
-                while self.step < t.max_steps:
+                while self.step < t.max_steps and not requests["stop"]:
                     start = time.perf_counter()
                     metrics = self.train_step(next(batches))
                     if metrics is None:
                         self.tracker.log({"nonfinite_skips": float(self.nonfinite)}, self.step)
                         if self.nonfinite >= t.max_nonfinite:
+                            streak, self.nonfinite = self.nonfinite, 0  # a resumed run counts a streak afresh
+                            self.save("last.pt")  # skipped steps changed nothing: these weights are the last good
                             raise TrainingStopped(
-                                f"stopped at step {self.step}: {self.nonfinite} consecutive non-finite losses; "
-                                f"the last good checkpoint is {self.run_dir / 'last.pt'}")
+                                f"stopped at step {self.step}: {streak} consecutive non-finite losses or "
+                                f"gradients; {self._last_good()}")
                         continue
                     self.step += 1
                     metrics["tokens_per_s"] = tokens / (time.perf_counter() - start)
                     if self.step % t.log_every == 0 or self.step == t.max_steps:
                         self.tracker.log(metrics, self.step)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", nfe=int(metrics.get("fwd_nfe", 0)),
-                                    tok_s=f"{metrics['tokens_per_s']:.0f}")
+                    phase = "pretrain" if metrics.get("pretraining") else "deq"
+                    show.step(self.step, phase, metrics)
+                    if self.step == t.pretrain_steps and t.pretrain_steps < t.max_steps:
+                        show.event(f"step {self.step}: pretraining done; training the DEQ ({self.cfg.solver.grad})")
                     if t.eval_every and self.step % t.eval_every == 0:
                         valid = self._evaluate("valid")
                         self.tracker.log({f"valid_{k}": v for k, v in valid.items()}, self.step)
+                        show.event(self._evaluation_line("valid", valid, t.eval_batches))
                         if valid["nll"] < self.best_valid:
                             self.best_valid = valid["nll"]
                             self.save("best.pt")
@@ -402,14 +520,16 @@ class Trainer:
                         self.tracker.log_text("sample", self.sample(), self.step)
                     if t.save_every and self.step % t.save_every == 0:
                         self.save("last.pt")
-                    if requests["stop"]:
-                        interrupted = True
-                        break
-            self.save("last.pt")
+                interrupted = self.step < t.max_steps
+                self.save("last.pt")  # still inside stop_requests: a second Ctrl-C cannot cut this save short
+            show.close()
             test = None
             if not interrupted:
-                valid = self._evaluate("valid")
-                test = self._evaluate("test")
+                try:
+                    valid = self._evaluate("valid")
+                    test = self._evaluate("test")
+                except KeyboardInterrupt:
+                    raise KeyboardInterrupt(f"interrupted during the final evaluation; {self._last_good()}") from None
                 self.tracker.log({**{f"valid_{k}": v for k, v in valid.items()},
                                   **{f"test_{k}": v for k, v in test.items()}}, self.step)
                 if valid["nll"] < self.best_valid:
@@ -417,10 +537,11 @@ class Trainer:
                     self.save("best.pt")
             return TrainResult(self.run_dir, self.step, self.best_valid, valid, test, interrupted)
         finally:
-            bar.close()
-            self.tracker.finish()
+            show.close()
 
 
-def train(cfg: Config, resume_dir: str | Path | None = None, progress: bool = True) -> TrainResult:
-    """Build a Trainer from `cfg` (resuming from `resume_dir` or, with train.resume, from runs/<name>) and run it."""
-    return Trainer(cfg, resume_dir=resume_dir, progress=progress).run()
+def train(cfg: Config, resume_dir: str | Path | None = None, progress: bool | str = True,
+          force: bool = False) -> TrainResult:
+    """Build a Trainer from `cfg` (resuming from `resume_dir` or, with train.resume, from runs/<name>) and run it.
+    progress: True / "auto" (a bar on a terminal, plain lines otherwise), "bar", "lines", or False / "off"."""
+    return Trainer(cfg, resume_dir=resume_dir, progress=progress, force=force).run()

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .config import SolverConfig
-from .stats import residuals
+from .stats import residual_norms
 
 
 def _settled_prefix(done: Tensor, shape: torch.Size, coupling: str) -> Tensor:
@@ -27,9 +27,15 @@ def _settled_prefix(done: Tensor, shape: torch.Size, coupling: str) -> Tensor:
 class Monitor:
     """Tracks S systems of N values each, laid out as (S, N).
 
-    A system freezes when its residual drops below tol (converged) or when f returns a non-finite value
-    for it (failed); a frozen system's iterate never changes again. Independent systems keep their best
-    finite iterate, so the result is never worse than any point the solver visited.
+    A system freezes when its residual drops below tol (converged) or when it fails: f returns a non-finite
+    value for it, or its iterate diverges (||x|| grows past 1/sqrt(eps) times its starting scale
+    max(||x0||, ||f(x0)||), where float rounding can make f(x) - x vanish without a fixed point). A frozen
+    system's iterate never changes again. Independent systems keep their best finite, non-diverged iterate,
+    so the result is never worse than any point the solver accepted.
+
+    A relative residual can also fall because ||f(x)|| grows while ||f(x) - x|| does not shrink (iterates
+    running off to infinity, e.g. f(z) = z + c); such a claim (residual not below half its first value while
+    ||f(x)|| more than doubled) does not count as convergence.
 
     Coupled systems (`coupling` "causal": system i may depend on systems j < i along the last system dim;
     "anticausal": on j > i; "full": on all) may freeze only together with, or after, every system they
@@ -51,6 +57,9 @@ class Monitor:
         self.active = torch.ones(systems, dtype=torch.bool, device=dev)
         self.converged = torch.zeros_like(self.active)
         self.nonfinite = torch.zeros_like(self.active)
+        self.diverged = torch.zeros_like(self.active)
+        self.growth = torch.finfo(x0.dtype).eps ** -0.5
+        self.first: tuple[Tensor, Tensor, Tensor] | None = None  # ||g||, ||f(x)|| and the scale at x0
         self.nstep = torch.zeros(systems, dtype=torch.long, device=dev)
         self.trace: list[Tensor] | None = [] if cfg.trace else None
         self.nfe = 0
@@ -62,24 +71,42 @@ class Monitor:
         if stepped:
             self.nstep += self.active
         g = fx - x
-        abs_res, rel_res = residuals(g, fx, self.cfg.eps)
+        gnorm = torch.linalg.vector_norm(g, dim=1)
+        fnorm = torch.linalg.vector_norm(fx, dim=1)
+        abs_res, rel_res = residual_norms(gnorm, fnorm, g.shape[1], self.cfg.eps)
         res = rel_res if self.cfg.stop == "rel" else abs_res
         finite = torch.isfinite(rel_res) & torch.isfinite(abs_res)
-        live = self.active & finite
+        xnorm = torch.linalg.vector_norm(x, dim=1)
+        if self.first is None:
+            first = (gnorm, fnorm, torch.maximum(xnorm, fnorm).clamp_min(torch.finfo(x.dtype).tiny))
+            if self.coupling != "independent":
+                # A coupled system may start at zero and only move once the systems it depends on do: measure
+                # it against the largest scale among all systems instead of its own.
+                first = tuple(v.amax().expand_as(v) for v in first)
+            self.first = first
+        g0, f0, scale0 = self.first
+        diverging = finite & (xnorm > self.growth * scale0)
+        accepted = finite & ~diverging
+        live = self.active & accepted
         better = live & (res < self.best_res) if self.coupling == "independent" else live
         self.best_x = torch.where(better[:, None], x, self.best_x)
         self.best_res = torch.where(better, res, self.best_res)
         self.best_abs = torch.where(better, abs_res, self.best_abs)
         self.best_rel = torch.where(better, rel_res, self.best_rel)
-        converged = self.converged | (live & (res < self.cfg.tol))
+        reached = res < self.cfg.tol
+        if self.cfg.stop == "rel":
+            reached &= ~((gnorm >= 0.5 * g0) & (fnorm > 2 * f0))  # small only because ||f(x)|| grew
+        converged = self.converged | (live & reached)
         self.nonfinite |= self.active & ~finite
+        self.diverged |= self.active & diverging
         if self.coupling != "independent":
-            converged &= _settled_prefix(converged | self.nonfinite, self.system_shape, self.coupling)
+            failed = self.nonfinite | self.diverged
+            converged &= _settled_prefix(converged | failed, self.system_shape, self.coupling)
         self.converged = converged
         self.active = live & ~converged
         if self.trace is not None:
-            self.trace.append(torch.where(finite, res, self.best_res))
-        x = torch.where(finite[:, None], x, self.best_x)
+            self.trace.append(torch.where(accepted, res, self.best_res))
+        x = torch.where(accepted[:, None], x, self.best_x)
         g = torch.where(self.active[:, None], g, torch.zeros((), dtype=g.dtype, device=g.device))
         return x, g
 

@@ -55,6 +55,7 @@ def _stats(mon: Monitor, cfg: SolverConfig, system_shape: torch.Size) -> SolverS
         method=cfg.method, nfe=mon.nfe, nstep=mon.nstep.reshape(system_shape),
         abs_residual=mon.best_abs.reshape(system_shape), rel_residual=mon.best_rel.reshape(system_shape),
         converged=mon.converged.reshape(system_shape), nonfinite=mon.nonfinite.reshape(system_shape),
+        diverged=mon.diverged.reshape(system_shape),
         trace=trace,
     )
 

@@ -9,11 +9,15 @@ import torch
 from torch import Tensor
 
 
+def residual_norms(gnorm: Tensor, fnorm: Tensor, size: int, eps: float) -> tuple[Tensor, Tensor]:
+    """(abs, rel) residuals from the norms ||g|| and ||f(x)|| of systems of `size` values:
+    abs = ||g|| / sqrt(size), rel = ||g|| / (||f(x)|| + eps)."""
+    return gnorm / math.sqrt(size), gnorm / (fnorm + eps)
+
+
 def residuals(g: Tensor, fx: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """Per-system (abs, rel) residuals of g = f(x) - x laid out as (S, N):
-    abs = ||g|| / sqrt(N), rel = ||g|| / (||f(x)|| + eps)."""
-    gnorm = torch.linalg.vector_norm(g, dim=1)
-    return gnorm / math.sqrt(g.shape[1]), gnorm / (torch.linalg.vector_norm(fx, dim=1) + eps)
+    """Per-system (abs, rel) residuals of g = f(x) - x laid out as (S, N) (see residual_norms)."""
+    return residual_norms(torch.linalg.vector_norm(g, dim=1), torch.linalg.vector_norm(fx, dim=1), g.shape[1], eps)
 
 
 @dataclass
@@ -26,6 +30,8 @@ class SolverStats:
     rel_residual: ||f(z)-z|| / (||f(z)|| + eps) at the returned z.
     converged:    residual (in the configured stop mode) below tol.
     nonfinite:    f returned a non-finite value for this system at some iterate (it kept its best finite one).
+    diverged:     the system's iterate grew past 1/sqrt(eps) times its starting scale (a failure, like nonfinite);
+                  None where the solver cannot tell (a peer's solve or unrolled iterations).
     trace:        (iterations+1, *system dims) residual in the stop mode, when the config asked for it.
     backward:     the adjoint solve's stats, filled in when an implicit backward pass has run.
     """
@@ -37,6 +43,7 @@ class SolverStats:
     rel_residual: Tensor
     converged: Tensor
     nonfinite: Tensor
+    diverged: Tensor | None = None
     trace: Tensor | None = None
     backward: SolverStats | None = None
 
@@ -50,6 +57,8 @@ class SolverStats:
         ]).tolist()
         names = ["nstep_mean", "nstep_max", "rel_mean", "rel_max", "abs_max", "not_converged", "nonfinite"]
         out = {prefix + name: value for name, value in zip(names, values, strict=True)}
+        if self.diverged is not None:
+            out[prefix + "diverged"] = float(self.diverged.float().mean())
         out[prefix + "nfe"] = float(self.nfe)
         if self.backward is not None:
             out.update(self.backward.summary(prefix + "bwd_"))

@@ -63,14 +63,20 @@ class Cell(nn.Module, metaclass=ABCMeta):
     """
 
     state_dim: int
+    # Whether the cell's history can grow without bound, so that a `window` (how many earlier positions a
+    # query sees) is a choice; a trellis only ever keeps its receptive field.
+    has_window: bool = False
+    window: int | None = None
 
     @abstractmethod
-    def prepare(self, x: Tensor, history: History | None = None, attn_mask: Tensor | None = None) -> Context:
+    def prepare(self, x: Tensor, history: History | None = None, attn_mask: Tensor | None = None,
+                window: int | None = None) -> Context:
         """Everything fixed during one solve, computed once per forward (outside the solver loop).
 
         The input injection u from x (B,T,E) (x is the already-embedded input), the history (an empty one if
         None), position tables / masks for absolute positions history.offset .. history.offset+T-1, and the
         variational dropout masks (drawn here in training mode, so f is a deterministic map during a solve).
+        window: for cells with has_window, the attention window of this solve (None = the cell's own).
         """
 
     @abstractmethod

@@ -68,6 +68,7 @@ class TransformerContext(Context):
     sin: Tensor
     mask: Tensor | None  # bool (T, L+T) or (B, 1, T, L+T), True = may attend; None = every key is visible
     causal: bool  # no history and a plain causal mask: SDPA's is_causal instead of a mask tensor
+    window: int | None  # earlier positions a query attends to (None = all); the cell's own unless a solve asks
     attn_drop: Tensor | None  # (B, 1, d_model) variational dropout masks, None when off
     ff_drop: Tensor | None  # (B, 1, d_ff)
     # Keys and values of history + current positions (B, n_heads, L+T, head_dim), history filled in once:
@@ -112,6 +113,7 @@ class TransformerCell(Cell):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.state_dim = d_model
+        self.has_window = True
         self.d_model, self.n_heads, self.head_dim, self.d_ff = d_model, n_heads, d_model // n_heads, d_ff
         self.dropout, self.norm, self.window, self.rope_base = dropout, norm, window, rope_base
         self.skip = 1.0 if state_skip else 0.0
@@ -139,21 +141,30 @@ class TransformerCell(Cell):
         )
 
     def prepare(
-        self, x: Tensor, history: TransformerHistory | None = None, attn_mask: Tensor | None = None
+        self, x: Tensor, history: TransformerHistory | None = None, attn_mask: Tensor | None = None,
+        window: int | None = None,
     ) -> TransformerContext:
-        """Injection, rotary tables, attention mask and dropout masks for solving x's T positions."""
+        """Injection, rotary tables, attention mask and dropout masks for solving x's T positions.
+
+        window: attend to at most this many earlier positions and keep that many in the history (None = the
+        cell's own `window`); the same window must be used for every solve of one sequence.
+        """
+        if window is None:
+            window = self.window
+        elif window < 0:
+            raise ValueError(f"window must be None or >= 0, got {window}")
         history = self._history_or_empty(x, history)
         B, T, _ = x.shape
         L = history.k.shape[2]
         cos, sin = rope_tables(history.offset, T, self.head_dim, self.rope_base, x.device, x.dtype)
         causal = False
         if attn_mask is None:
-            if T == 1 and (self.window is None or L <= self.window):
+            if T == 1 and (window is None or L <= window):
                 mask = None  # a single query that sees every frozen position and itself
-            elif L == 0 and (self.window is None or self.window >= T - 1):
+            elif L == 0 and (window is None or window >= T - 1):
                 mask, causal = None, True
             else:
-                mask = causal_window_mask(history.offset, L, T, self.window, x.device)
+                mask = causal_window_mask(history.offset, L, T, window, x.device)
         else:
             if (
                 attn_mask.dtype != torch.bool
@@ -182,6 +193,7 @@ class TransformerCell(Cell):
             sin=sin,
             mask=mask,
             causal=causal,
+            window=window,
             attn_drop=attn_drop,
             ff_drop=ff_drop,
             kv_buffer=kv_buffer,
@@ -242,7 +254,7 @@ class TransformerCell(Cell):
         k, v = self._with_history(ctx, apply_rope(self._heads(k), ctx.cos, ctx.sin), self._heads(v).contiguous())
         ctx.kv_buffer = None  # the buffer now belongs to the returned history: later solves must not write it
         self.kv_projections += T
-        if self.window is not None:
-            keep = min(k.shape[2], self.window)
+        if ctx.window is not None:
+            keep = min(k.shape[2], ctx.window)
             k, v = k[:, :, k.shape[2] - keep :], v[:, :, v.shape[2] - keep :]
         return TransformerHistory(offset=ctx.history.offset + T, k=k, v=v)

@@ -90,9 +90,11 @@ class TrellisCell(Cell):
         )
 
     def prepare(
-        self, x: Tensor, history: TrellisHistory | None = None, attn_mask: Tensor | None = None
+        self, x: Tensor, history: TrellisHistory | None = None, attn_mask: Tensor | None = None,
+        window: int | None = None,
     ) -> TrellisContext:
-        """Injection u = causal conv of x with the history inputs as left context, and the dropout mask."""
+        """Injection u = causal conv of x with the history inputs as left context, and the dropout mask.
+        `window` is ignored: the trellis only ever keeps its receptive field as history."""
         if attn_mask is not None:
             raise ValueError("TrellisCell is causal by construction and does not accept attn_mask")
         history = self._history_or_empty(x, history)

@@ -101,8 +101,8 @@ def test_report_flags_unconverged_solves_and_prints_a_table():
     assert not report.reference["converged"]
     text = str(report)
     lines = text.splitlines()
-    assert lines[0].split() == ["mode", "max_state_diff", "max_logit_diff", "bound", "mismatches", "nfe",
-                                "converged"]
+    assert lines[0].split() == ["mode", "max_state_diff", "state_diff", "bound", "rel_state_diff", "max_logit_diff",
+                                "mismatches", "nfe", "converged"]
     assert [line.split()[0] for line in lines[1:5]] == ["sequence", "token", "chunk=3", "chunk=4"]
     assert len({line.index(line.split()[1]) for line in lines[:5]}) == 1  # the columns are aligned
     assert "NOT ok" in lines[-1] and "not converged" in lines[-1]
@@ -111,13 +111,13 @@ def test_report_flags_unconverged_solves_and_prints_a_table():
 
 
 def _mode(**overrides) -> dict:
-    mode = dict(max_state_diff=1e-6, max_logit_diff=1e-5, argmax_mismatches=[], stats={"nfe": 10.0},
-                converged=True, residual=1e-8, bound=2e-7)
+    mode = dict(max_state_diff=1e-6, state_diff=1e-6, rel_state_diff=1e-7, max_logit_diff=1e-5, argmax_mismatches=[],
+                stats={"nfe": 10.0}, converged=True, residual=1e-8, bound=2e-7)
     return {**mode, **overrides}
 
 
 def test_ok_rules():
-    reference = {"stats": {"nfe": 5.0}, "converged": True, "residual": 1e-8, "f_norm": 1.0}
+    reference = {"stats": {"nfe": 5.0}, "converged": True, "residual": 1e-8, "f_norm": 1.0, "rho": 0.5}
 
     def ok(**overrides) -> bool:
         return EquivalenceReport({"token": _mode(bound=2e-6), "chunk=4": _mode(**overrides)}, reference, 10.0).ok

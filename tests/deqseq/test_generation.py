@@ -10,7 +10,7 @@ import torch
 from scipy.stats import chisquare
 
 from deqseq import DEQSequenceModel, ModelConfig, SolverSettings, generate, score, stream
-from deqseq.generation import as_prompt, history_window
+from deqseq.generation import as_prompt
 from deqseq.training import evaluate
 from solvers import SolverConfig
 
@@ -32,13 +32,14 @@ def make_model(cell: str, dtype=torch.float64, tol: float = 1e-11, seed: int = 0
     return model.eval()
 
 
-def naive_greedy(model: DEQSequenceModel, prompt: torch.Tensor, n: int, cond=None) -> tuple[torch.Tensor, list]:
+def naive_greedy(model: DEQSequenceModel, prompt: torch.Tensor, n: int, cond=None,
+                 window: int | None = None) -> tuple[torch.Tensor, list]:
     """Greedy decoding that re-solves the whole prefix for every new token; also the logits of each step."""
     ids, logits = prompt.clone(), []
     with torch.no_grad():
         for _ in range(n):
             c = cond[:, : ids.shape[1]] if cond is not None and cond.dim() == 3 else cond
-            last = model(ids, cond=c).logits[:, -1]
+            last = model(ids, cond=c, window=window).logits[:, -1]
             logits.append(last)
             ids = torch.cat([ids, last.argmax(-1, keepdim=True)], dim=1)
     return ids, logits
@@ -176,10 +177,9 @@ def test_history_window_bounds_memory_and_matches_naive_with_the_same_window():
     model = make_model("transformer")
     prompt = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(5))
     out = generate(model, prompt, 20, temperature=0, mem_len=5, details=True)
-    assert model.deq.cell.window is None  # restored
+    assert model.deq.cell.window is None  # the window is an argument: the cell is never changed
     assert model.last_history.k.shape[2] == 5  # the cache never holds more than the window
-    with history_window(model, 5):
-        expected, _ = naive_greedy(model, prompt, 20)
+    expected, _ = naive_greedy(model, prompt, 20, window=5)
     assert torch.equal(out.ids, expected)
     full = generate(model, prompt, 20, temperature=0, details=True)
     assert full.logprobs[:, 6:].sub(out.logprobs[:, 6:]).abs().max() > 1e-6  # the window does change the model
