@@ -60,7 +60,7 @@ def train_main(argv: list[str] | None = None, default_config: str | None = None)
         print(f"train.py: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:  # at startup (nothing written yet) or in the final evaluation (after last.pt)
-        print(f"train.py: {err or 'interrupted before training started; nothing was saved'}", file=sys.stderr)
+        print(f"train.py: {str(err) or 'interrupted before training started; nothing was saved'}", file=sys.stderr)
         return 130
     if result.interrupted:
         print(f"interrupted at step {result.step}; resume with: python train.py --resume {result.run_dir}")

@@ -74,13 +74,25 @@ def _row_norm(t: Tensor) -> Tensor:
     return torch.linalg.vector_norm(t.flatten(1), dim=1)
 
 
-def _compare(ref: _Run, run: _Run, slack: float, rho: Tensor) -> dict:
+def _implied_residual(model: DEQSequenceModel, run: _Run, tol_factor: float) -> Tensor:
+    """The whole-sequence residual ||F(z) - z|| per sequence that solves at the model's forward tolerance can
+    leave: tol ||F(z)|| for relative stopping (per position or per sequence alike), tol sqrt(T D) for absolute."""
+    cfg = model.settings.forward
+    tol = cfg.tol / tol_factor
+    if cfg.stop == "rel":
+        return tol * run.f_norm
+    return torch.full_like(run.f_norm, tol * math.sqrt(run.z[0].numel()))
+
+
+def _compare(ref: _Run, run: _Run, slack: float, rho: Tensor, implied: Tensor) -> dict:
     """Differences of `run` from the reference, and whether they are within what the residuals allow.
 
     If the whole-sequence map F contracts with factor rho near its fixed point z*, every point z with residual
     r = ||F(z) - z|| lies within r / (1 - rho) of z*, so two solves are within (r_ref + r_run) / (1 - rho) of
     each other (per sequence, 2-norm). rho is estimated (the spectral radius of dF/dz at the reference), so the
-    bound carries `slack` for the estimate's error; where rho >= 1 no bound exists.
+    bound carries `slack` for the estimate's error; where rho >= 1 no bound exists. `implied` is the residual
+    the solver tolerance allows: a run whose states leave a larger residual under the whole-sequence map is not
+    a fixed point of it (its solves converged to something else, e.g. against a wrong history).
     """
     mismatch = ref.logits.argmax(-1) != run.logits.argmax(-1)
     gaps = _top2_gap(ref.logits)
@@ -102,6 +114,7 @@ def _compare(ref: _Run, run: _Run, slack: float, rho: Tensor) -> dict:
         "stats": run.stats.summary(),
         "converged": bool(run.stats.converged.all()),
         "residual": run.residual.max().item(),
+        "residual_ratio": (run.residual / implied.clamp_min(1e-300)).max().item(),
         "bound": bound[worst].item(),
     }
 
@@ -158,6 +171,9 @@ class EquivalenceReport:
                 out.append(f"{name} not converged")
             if not m["state_diff"] <= m["bound"]:
                 out.append(f"{name} state diff {m['state_diff']:.3e} > bound {m['bound']:.3e}")
+            if m.get("residual_ratio", 0) > self.slack:
+                out.append(f"{name} states are not a fixed point of the sequence map: residual "
+                           f"{m['residual_ratio']:.3g}x what the tolerance allows")
             flips = [mm for mm in m["argmax_mismatches"] if not mm["gap"] <= 2 * m["max_logit_diff"]]
             if flips:
                 out.append(f"{name} has {len(flips)} argmax flips at top-2 gaps > 2 * max_logit_diff")
@@ -165,6 +181,9 @@ class EquivalenceReport:
             if tight is not None and tight["converged"] and not tight["state_diff"] <= tight["bound"]:
                 out.append(f"{name} at the tighter tolerance: state diff {tight['state_diff']:.3e} > bound "
                            f"{tight['bound']:.3e}")
+            if tight is not None and tight["converged"] and tight["residual_ratio"] > self.slack:
+                out.append(f"{name} at the tighter tolerance: not a fixed point of the sequence map (residual "
+                           f"{tight['residual_ratio']:.3g}x what the tolerance allows)")
         return out
 
     @property
@@ -228,12 +247,16 @@ def check_equivalence(
         with torch.no_grad():
             ref = _solve(model, x, cond, x.shape[1], window)
             rho = _contraction(model, x, cond, ref.z, window, contraction_iters)
-            modes = {"token": _compare(ref, _solve(model, x, cond, 1, window), slack, rho)}
+
+            def compare(reference: _Run, run: _Run, factor: float = 1.0) -> dict:
+                return _compare(reference, run, slack, rho, _implied_residual(model, run, factor))
+
+            modes = {"token": compare(ref, _solve(model, x, cond, 1, window))}
             for k in sorted(set(chunk_sizes) - {1}):
-                modes[f"chunk={k}"] = _compare(ref, _solve(model, x, cond, k, window), slack, rho)
+                modes[f"chunk={k}"] = compare(ref, _solve(model, x, cond, k, window))
             if tighten is not None:
                 ref_tight = _solve(model, x, cond, x.shape[1], window, tighten)
-                tight = _compare(ref_tight, _solve(model, x, cond, 1, window, tighten), slack, rho)
+                tight = compare(ref_tight, _solve(model, x, cond, 1, window, tighten), tighten)
                 modes["token"]["tight"] = tight
                 modes["token"]["shrink"] = tight["state_diff"] / max(modes["token"]["state_diff"], 1e-300)
     finally:

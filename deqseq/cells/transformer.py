@@ -187,7 +187,7 @@ class TransformerCell(Cell):
             kv_buffer[0][:, :, :L] = history.k
             kv_buffer[1][:, :, :L] = history.v
         return TransformerContext(
-            u=self.inject(x),
+            u=self.inject(x) + self.qkv.bias,  # the qkv bias folded in once: one fused product per iteration
             history=history,
             cos=cos,
             sin=sin,
@@ -207,9 +207,12 @@ class TransformerCell(Cell):
     def _attention(self, a: Tensor, ctx: TransformerContext) -> Tensor:
         """Attention of the (normalised) state a over the history and the current positions."""
         B, T, D = a.shape
-        q, k, v = (self.qkv(a) + ctx.u).split(D, dim=-1)
-        q = apply_rope(self._heads(q), ctx.cos, ctx.sin)
-        k, v = self._with_history(ctx, apply_rope(self._heads(k), ctx.cos, ctx.sin), self._heads(v))
+        H = self.n_heads
+        # ctx.u holds the injection plus the qkv bias: u + a W^T is one addmm.
+        qkv = torch.addmm(ctx.u.reshape(B * T, 3 * D), a.reshape(B * T, D), self.qkv.weight.t()).view(B, T, 3 * D)
+        qk = apply_rope(qkv[..., : 2 * D].reshape(B, T, 2 * H, self.head_dim).transpose(1, 2), ctx.cos, ctx.sin)
+        q, k = qk[:, :H], qk[:, H:]  # queries and keys rotated together
+        k, v = self._with_history(ctx, k, self._heads(qkv[..., 2 * D :]))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.causal)
         y = self.proj(y.transpose(1, 2).reshape(B, T, D))
         return y if ctx.attn_drop is None else y * ctx.attn_drop
@@ -249,7 +252,7 @@ class TransformerCell(Cell):
         self._check_frozen(ctx, z_star)
         a = self.ln1(z_star) if self.norm == "pre" else z_star
         # Only the k and v rows of the qkv projection are needed here.
-        kv = F.linear(a, self.qkv.weight[D:], self.qkv.bias[D:]) + ctx.u[..., D:]
+        kv = F.linear(a, self.qkv.weight[D:]) + ctx.u[..., D:]  # ctx.u includes the qkv bias
         k, v = kv.split(D, dim=-1)
         k, v = self._with_history(ctx, apply_rope(self._heads(k), ctx.cos, ctx.sin), self._heads(v).contiguous())
         ctx.kv_buffer = None  # the buffer now belongs to the returned history: later solves must not write it

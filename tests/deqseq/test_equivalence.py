@@ -157,3 +157,44 @@ def test_equivalence_with_conditioning(local):
     report = check_equivalence(model, x, chunk_sizes=(1, 6), cond=cond)
     assert report.ok, str(report)
     assert max(m["max_state_diff"] for m in report.modes.values()) < 1e-8
+
+
+def test_contraction_estimate_matches_the_dense_jacobian():
+    """rho in the report is the spectral radius of the whole-sequence map's Jacobian at z*: compare with the
+    eigenvalues of the dense Jacobian of a small model (one sequence of 6 x 16 values)."""
+    model = make_model("transformer", tight(1))
+    x = tokens(batch=1, length=6)
+    report = check_equivalence(model, x, chunk_sizes=(1,), contraction_iters=96)
+    with torch.no_grad():
+        z = model(x).z
+    ctx = model.deq.cell.prepare(model.embed(x))
+    jac = torch.autograd.functional.jacobian(lambda v: model.deq.cell(v.view(1, 6, 16), ctx).reshape(-1), z.reshape(-1))
+    dense = torch.linalg.eigvals(jac).abs().max().item()
+    assert 0 < dense < 1
+    assert abs(report.reference["rho"] - dense) < 1e-6 * max(1.0, dense)
+
+
+def test_a_systematic_difference_fails_the_check_once_the_tolerance_tightens():
+    """Token-by-token solves that reach a slightly different fixed point (here: history keys nudged by 1e-4)
+    can hide below a loose tolerance's bound; at tolerance / 1e4 the bound shrinks and they cannot."""
+    settings = SolverSettings(forward=SolverConfig(method="anderson", max_iter=400, tol=1e-3))
+    model = make_model("transformer", settings)
+    x = tokens(batch=1, length=16)
+    clean = check_equivalence(model, x, chunk_sizes=(1,), tighten=1e4)
+    assert clean.ok, str(clean)
+    assert clean.modes["token"]["shrink"] < 1e-2  # the same fixed point: the difference falls with the tolerance
+
+    cell = model.deq.cell
+    real = cell.extend_history
+
+    def nudged(ctx, z_star):
+        history = real(ctx, z_star)
+        history.k = history.k + 1e-4
+        return history
+
+    cell.extend_history = nudged
+    loose = check_equivalence(model, x, chunk_sizes=(1,))
+    broken = check_equivalence(model, x, chunk_sizes=(1,), tighten=1e4)
+    assert loose.ok  # at tol 1e-3 the nudge is within what the residuals allow
+    assert not broken.ok and "at the tighter tolerance: not a fixed point" in " ".join(broken.failures)
+    assert broken.modes["token"]["shrink"] > 0.05
