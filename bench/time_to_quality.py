@@ -52,10 +52,23 @@ def tied(k: int) -> list[str]:
     return [f"solver.grad=unrolled:{k}", *EXPLICIT]
 
 
-# DEQ variants measured one lever at a time against the default recipe (each is the task config plus these).
-LEVERS: dict[str, list[str]] = {
-    "deq-implicit-jac": ["solver.grad=implicit", "solver.forward.max_iter=30", "solver.backward.max_iter=30",
-                         "solver.jac_weight=2.0", "solver.jac_prob=0.35", "train.pretrain_steps=200"],
+# The recipe before this benchmark existed, per task: full solves (Anderson to 1e-3 in up to 30 iterations, adjoint
+# to 1e-4 in up to 30), and on stdlib the Jacobian penalty at weight 2 on 35% of the steps.
+OLD_SOLVES = ["solver.forward.max_iter=30", "solver.forward.tol=1e-3", "solver.backward.method=anderson",
+              "solver.backward.max_iter=30", "solver.backward.tol=1e-4"]
+OLD_RECIPE = {"stdlib": [*OLD_SOLVES, "solver.jac_prob=0.35"], "markov": [*OLD_SOLVES, "solver.jac_weight=0"]}
+# DEQ variants, one lever at a time: (label, overrides on top of the task config, whether they start from the old
+# recipe). The ladder old -> short forward -> short backward -> rare penalty ends at today's default.
+LEVERS: dict[str, tuple[str, list[str], bool]] = {
+    "deq-old": ("the recipe before: full forward and adjoint solves", [], True),
+    "lever-fwd": ("old + forward stops at 6 iterations or 1e-2",
+                  ["solver.forward.max_iter=6", "solver.forward.tol=1e-2"], True),
+    "lever-bwd": ("old + short forward + 2 Picard adjoint steps",
+                  ["solver.forward.max_iter=6", "solver.forward.tol=1e-2", "solver.backward.method=picard",
+                   "solver.backward.max_iter=2", "solver.backward.tol=1e-2"], True),
+    "deq-jfb": ("default with Jacobian-free backprop (phantom:1)", ["solver.grad=phantom:1"], False),
+    "deq-nojac": ("default without the Jacobian penalty", ["solver.jac_weight=0"], False),
+    "deq-nopre": ("default without pretraining", ["train.pretrain_steps=0"], False),
 }
 
 
@@ -70,7 +83,9 @@ class Curve:
     step_ms: list[float] = field(default_factory=list)
     fwd_nfe: list[float] = field(default_factory=list)
     bwd_nfe: list[float] = field(default_factory=list)
+    not_converged: list[float] = field(default_factory=list)
     eval_nfe: float | None = None
+    eval_not_converged: float | None = None
 
     def summary(self) -> dict:
         """The JSON record of the run."""
@@ -82,6 +97,9 @@ class Curve:
             "fwd_nfe_mean": statistics.fmean(self.fwd_nfe) if self.fwd_nfe else None,
             "bwd_nfe_mean": statistics.fmean(self.bwd_nfe) if self.bwd_nfe else None,
             "eval_fwd_nfe_mean": self.eval_nfe,
+            # share of forward solves that stopped at max_iter above tol (training steps after pretraining; eval)
+            "fwd_not_converged": statistics.fmean(self.not_converged) if self.not_converged else None,
+            "eval_fwd_not_converged": self.eval_not_converged,
         }
 
 
@@ -139,6 +157,8 @@ def train_for_budget(curve: Curve, step: Callable[[], dict], evaluate: Callable[
         if "fwd_nfe" in metrics:
             curve.fwd_nfe.append(metrics["fwd_nfe"])
             curve.bwd_nfe.append(metrics.get("bwd_nfe", 0.0))
+            if "bwd_nfe" in metrics or not metrics.get("pretraining", 1.0):
+                curve.not_converged.append(metrics["fwd_not_converged"])
         while pending and clock.seconds >= pending[0]:
             pending.pop(0)
             nll = evaluate()
@@ -150,7 +170,8 @@ def run_deqseq(name: str, label: str, config: str, overrides: list[str], segment
                marks: list[float]) -> Curve:
     """Train the deqseq model of config + overrides with the library's own training step for the budget."""
     with tempfile.TemporaryDirectory() as out:
-        cfg = load_config(config, [*overrides, f"run.out_dir={out}", "tracking.mode=disabled", "train.save_every=0"])
+        cfg = load_config(config, [*overrides, f"run.out_dir={out}", "tracking.mode=disabled", "train.save_every=0",
+                                   f"run.threads={torch.get_num_threads()}"])
         trainer = Trainer(cfg, progress=False)
         clock = BudgetClock(budget_s)
         trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -158,10 +179,12 @@ def run_deqseq(name: str, label: str, config: str, overrides: list[str], segment
         model, batches = trainer.model, trainer.batcher.cycle()
         curve = Curve(name, label, sum(p.numel() for p in model.parameters()))
         eval_nfe: list[float] = []
+        eval_unconverged: list[float] = []
 
         def logits_of(x: torch.Tensor) -> torch.Tensor:
             out = model(x)
             eval_nfe.append(out.stats.nfe)
+            eval_unconverged.append(1.0 - out.stats.converged.float().mean().item())
             return out.logits
 
         def evaluate() -> float:
@@ -179,6 +202,7 @@ def run_deqseq(name: str, label: str, config: str, overrides: list[str], segment
 
         train_for_budget(curve, step, evaluate, clock, marks)
         curve.eval_nfe = statistics.fmean(eval_nfe)
+        curve.eval_not_converged = statistics.fmean(eval_unconverged[-len(segments):])  # at the last mark
         return curve
 
 
@@ -188,7 +212,8 @@ def run_gpt(name: str, label: str, config: str, layers: int, segments: list[dict
     cfg = load_config(config)
     torch.manual_seed(cfg.run.seed)
     with tempfile.TemporaryDirectory() as out:  # the Trainer only lends its data pipeline here
-        trainer = Trainer(load_config(config, [f"run.out_dir={out}", "tracking.mode=disabled"]), progress=False)
+        trainer = Trainer(load_config(config, [f"run.out_dir={out}", "tracking.mode=disabled",
+                                               f"run.threads={torch.get_num_threads()}"]), progress=False)
     corpus, d, t, m = trainer.corpus, cfg.data, cfg.train, cfg.model
     model = GPT(corpus.tokenizer.vocab_size, m.d_model, layers, m.n_heads, 4 * m.d_model, d.seq_len)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
@@ -236,7 +261,8 @@ def step_cost(config: str, recipe_nfe: dict[str, float], ks: tuple[int, ...] = (
     times = {}
     with tempfile.TemporaryDirectory() as out:
         for k in ks:
-            cfg = load_config(config, [*tied(k), f"run.out_dir={out}", "tracking.mode=disabled"])
+            cfg = load_config(config, [*tied(k), f"run.out_dir={out}/{k}", "tracking.mode=disabled",
+                                       f"run.threads={torch.get_num_threads()}"])
             trainer = Trainer(cfg, progress=False)
             batches = trainer.batcher.cycle()
             ms = []
@@ -339,8 +365,8 @@ def plot(path: Path, task: str, curves: dict[str, Curve], result: dict) -> None:
     print(f"wrote {path}")
 
 
-def model_specs(names: list[str], extra: list[list[str]]) -> dict[str, tuple[str, str, object]]:
-    """name -> (label, kind, overrides or layers) for the models asked for."""
+def model_specs(task: str, names: list[str], extra: list[list[str]]) -> dict[str, tuple[str, str, object]]:
+    """name -> (label, kind, overrides or layers) for the models asked for, on `task`."""
     custom = {name: overrides.split() for name, overrides in extra}
     specs = {}
     for name in [*names, *custom]:
@@ -349,7 +375,8 @@ def model_specs(names: list[str], extra: list[list[str]]) -> dict[str, tuple[str
         elif name in custom:
             specs[name] = (" ".join(custom[name]), "deqseq", custom[name])
         elif name in LEVERS:
-            specs[name] = (" ".join(LEVERS[name]), "deqseq", LEVERS[name])
+            label, overrides, from_old = LEVERS[name]
+            specs[name] = (label, "deqseq", [*(OLD_RECIPE[task] if from_old else []), *overrides])
         elif name.startswith("tied") and name[4:].isdigit():
             specs[name] = (f"explicit weight-tied unrolled:{name[4:]}", "deqseq", tied(int(name[4:])))
         elif name.startswith("gpt") and name[3:].isdigit():
@@ -364,7 +391,8 @@ def main() -> None:
     parser.add_argument("--task", nargs="+", default=["stdlib", "markov"], choices=list(TASKS))
     parser.add_argument("--budget-s", type=float, default=240.0, help="training seconds per model")
     parser.add_argument("--marks", type=int, default=12, help="evaluations per run, evenly spaced in time")
-    parser.add_argument("--models", nargs="+", default=["deq", "tied4", "gpt4"])
+    parser.add_argument("--models", nargs="*", default=["deq", "tied4", "gpt4"],
+                        help=f"deq, tiedK, gptK, {', '.join(LEVERS)}")
     parser.add_argument("--recipe", nargs=2, action="append", default=[], metavar=("NAME", "OVERRIDES"),
                         help='an extra DEQ model: its name and its config overrides, e.g. p2 "solver.grad=phantom:2"')
     parser.add_argument("--eval-tokens", type=int, default=16384, help="held-out positions scored at each mark")
@@ -375,7 +403,6 @@ def main() -> None:
     parser.add_argument("--plot-dir", default="docs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    specs = model_specs(args.models, args.recipe)
     results = {"budget_s": args.budget_s, "threads": args.threads, "eval_tokens": args.eval_tokens,
                "torch": torch.__version__, "tasks": {}}
     marks = [args.budget_s * (i + 1) / args.marks for i in range(args.marks)]
@@ -383,12 +410,13 @@ def main() -> None:
         config = TASKS[task]
         cfg = load_config(config)
         with tempfile.TemporaryDirectory() as out:
-            probe = Trainer(load_config(config, [f"run.out_dir={out}", "tracking.mode=disabled"]), progress=False)
+            probe = Trainer(load_config(config, [f"run.out_dir={out}", "tracking.mode=disabled",
+                                                 f"run.threads={args.threads}"]), progress=False)
         segments = eval_segments(probe.corpus.valid, args.eval_tokens, cfg.data.eval_batch_size, cfg.data.seq_len)
         print(f"{task}: {config}, budget {args.budget_s:.0f} s per model, {args.eval_tokens} valid positions",
               flush=True)
         curves: dict[str, Curve] = {}
-        for name, (label, kind, spec) in specs.items():
+        for name, (label, kind, spec) in model_specs(task, args.models, args.recipe).items():
             print(f"  {name}: {label}", flush=True)
             if kind == "gpt":
                 curves[name] = run_gpt(name, label, config, spec, segments, args.budget_s, marks)

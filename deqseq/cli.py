@@ -65,10 +65,12 @@ def train_main(argv: list[str] | None = None, default_config: str | None = None)
     if result.interrupted:
         print(f"interrupted at step {result.step}; resume with: python train.py --resume {result.run_dir}")
         return 130
+    batches = cfg.train.eval_batches
+    covers = {"valid": f"first {batches} batches" if batches else "whole split", "test": "whole split"}
     for split, values in (("valid", result.valid), ("test", result.test)):
         if values:
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "tokens")
-            print(f"{split}: {shown}")
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k not in ("tokens", "steps"))
+            print(f"{split}: {shown} ({covers[split]})")
     print(f"run saved in {result.run_dir} (last.pt, best.pt, metrics.jsonl, config.yaml)")
     return 0
 

@@ -28,6 +28,8 @@ class Tracker:
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         if mode != "disabled":
             os.environ.setdefault("WANDB_SILENT", "true")
+            if mode == "offline":  # no crash reports either: offline means nothing leaves the machine
+                os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
             import wandb
 
             self.wandb_run = wandb.init(mode=mode, project=project, entity=entity, name=name, config=config,

@@ -53,6 +53,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def default_threads() -> int:
+    """CPU threads when run.threads is not set: the cores this process may use minus one, at least one, so a
+    second process on the machine slows a run down gracefully instead of several-fold (see RunConfig.threads)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
 def training_device(name: str) -> torch.device:
     """resolve_device for run.device, with a ConfigError when it names CUDA on a machine without it."""
     device = resolve_device(name)
@@ -201,6 +211,7 @@ class Trainer:
         if self.device.type == "cuda" and self.distributed:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.dtype = torch.float64 if cfg.run.dtype == "float64" else torch.float32
+        torch.set_num_threads(cfg.run.threads or default_threads())
         if resume_dir is not None:  # a resumed run writes where it was read from
             folder = Path(resume_dir) if Path(resume_dir).is_dir() or not Path(resume_dir).suffix else Path(
                 resume_dir).parent

@@ -7,17 +7,19 @@ from torch import Tensor
 
 
 class Anderson:
-    """Keeps the last `memory` differences of iterates (dX) and residuals (dG) per system and mixes
+    """Keeps the last `memory` differences of residuals (dG) and of iterates plus beta times residuals
+    (dM = dX + beta dG) per system and mixes
 
-        x+ = x + beta g - (dX + beta dG)^T gamma,   gamma = argmin ||g - dG^T gamma||^2 + lam ||gamma||^2
+        x+ = x + beta g - dM^T gamma,   gamma = argmin ||g - dG^T gamma||^2 + lam ||gamma||^2
 
     with lam = ridge * mean diagonal of dG dG^T: scaled to the residuals, so the ridge neither
-    dominates once residuals are tiny (an absolute ridge stalls there) nor vanishes early on.
+    dominates once residuals are tiny (an absolute ridge stalls there) nor vanishes early on. Storing dM
+    instead of dX makes the mixing one pass over one buffer.
     """
 
     def __init__(self, x0: Tensor, memory: int, beta: float, ridge: float | None) -> None:
         systems, size = x0.shape
-        self.dX = x0.new_zeros(systems, memory, size)
+        self.dM = x0.new_zeros(systems, memory, size)
         self.dG = x0.new_zeros(systems, memory, size)
         self.gram = torch.zeros(systems, memory, memory, dtype=torch.float64, device=x0.device)  # dG dG^T
         self.eye = torch.eye(memory, dtype=torch.float64, device=x0.device)
@@ -37,13 +39,15 @@ class Anderson:
         # Unfilled slots have zero rows: the ridge keeps the system regular and gives them gamma = 0.
         gamma = torch.linalg.solve(self.gram + lam[:, None, None] * self.eye, rhs.double())
         gamma = torch.nan_to_num(gamma, nan=0.0, posinf=0.0, neginf=0.0).to(g.dtype).mT  # (S, 1, m)
-        out = torch.baddbmm(step.unsqueeze(1), gamma, self.dX, alpha=-1.0)
-        return torch.baddbmm(out, gamma, self.dG, alpha=-self.beta).squeeze(1)
+        return torch.baddbmm(step.unsqueeze(1), gamma, self.dM, alpha=-1.0).squeeze(1)
 
     def record(self, dx: Tensor, dg: Tensor, g_new: Tensor) -> None:
         """Push the newest differences into the ring buffer and update one row/column of the Gram matrix."""
         slot = self.count % self.memory
-        self.dX[:, slot] = dx
+        if self.beta == 1.0:
+            torch.add(dx, dg, out=self.dM[:, slot])
+        else:
+            torch.add(dx, dg, alpha=self.beta, out=self.dM[:, slot])
         self.dG[:, slot] = dg
         row = torch.bmm(dg.unsqueeze(1), self.dG.mT).squeeze(1).double()  # (S, m)
         self.gram[:, slot, :] = row

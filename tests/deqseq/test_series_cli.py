@@ -142,6 +142,8 @@ def test_plot_without_matplotlib_is_a_one_line_error(series_run, capsys, tmp_pat
     ((), "one of them"),
     (("--prompt", "1,2", "--prefix", "1"), "--prefix selects"),
     (("--prompt", "1,a"), "must be numbers"),
+    (("--prompt", "1,nan,2", "--cond", "1"), "--prompt must be finite numbers"),
+    (("--prompt", "1,2", "--cond", "inf"), "--cond must be finite numbers"),
     (("--prompt", "1,2"), "this model is conditioned"),
     (("--prompt", "1,2", "--cond", "1,2"), "--cond needs 1 values"),
     (("--prompt", "1 2\n3", "--cond", "1"), "1 values per step"),

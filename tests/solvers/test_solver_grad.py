@@ -175,3 +175,19 @@ def test_no_graph_work_without_grad():
         z, stats = fixed_point(f, z0, TIGHT, TIGHT)
     assert not z.requires_grad
     torch.testing.assert_close(f(z).detach(), z, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_implicit_gradient_with_k_picard_backward_steps_is_the_k_term_neumann_gradient(k):
+    # The cheap backward of the default recipe: k plain adjoint steps from g0 = dL/dz give
+    # g_k = sum_{j<=k} (J^T)^j dL/dz, the same truncated Neumann series as backpropagating through k + 1
+    # applications of f from z* (phantom:k+1), at k vector-Jacobian products instead of k + 1 full layers.
+    f, z0, t, weights = make_problem(radius=0.8)
+    picard = SolverConfig(method="picard", max_iter=k, tol=1e-30)
+    z, stats = fixed_point(f, z0, TIGHT, picard)
+    ours = grads((weights * z).sum(), t)
+    z, _ = fixed_point(f, z0, TIGHT, grad=f"phantom:{k + 1}")
+    phantom = grads((weights * z).sum(), t)
+    for name, a, b in zip(("W", "x", "b"), ours, phantom, strict=True):
+        assert rel_err(a, b) < 1e-10, name
+    assert stats.backward.nfe == k + 1 and not bool(stats.backward.converged.any())
