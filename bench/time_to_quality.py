@@ -57,14 +57,14 @@ def tied(k: int) -> list[str]:
 OLD_SOLVES = ["solver.forward.max_iter=30", "solver.forward.tol=1e-3", "solver.backward.method=anderson",
               "solver.backward.max_iter=30", "solver.backward.tol=1e-4"]
 OLD_RECIPE = {"stdlib": [*OLD_SOLVES, "solver.jac_prob=0.35"], "markov": [*OLD_SOLVES, "solver.jac_weight=0"]}
+SHORT_FORWARD = ["solver.forward.max_iter=8", "solver.forward.tol=5e-2"]
 # DEQ variants, one lever at a time: (label, overrides on top of the task config, whether they start from the old
 # recipe). The ladder old -> short forward -> short backward -> rare penalty ends at today's default.
 LEVERS: dict[str, tuple[str, list[str], bool]] = {
     "deq-old": ("the recipe before: full forward and adjoint solves", [], True),
-    "lever-fwd": ("old + forward stops at 6 iterations or 1e-2",
-                  ["solver.forward.max_iter=6", "solver.forward.tol=1e-2"], True),
+    "lever-fwd": ("old + forward stops at 5e-2 or 8 iterations", SHORT_FORWARD, True),
     "lever-bwd": ("old + short forward + 2 Picard adjoint steps",
-                  ["solver.forward.max_iter=6", "solver.forward.tol=1e-2", "solver.backward.method=picard",
+                  [*SHORT_FORWARD, "solver.backward.method=picard",
                    "solver.backward.max_iter=2", "solver.backward.tol=1e-2"], True),
     "deq-jfb": ("default with Jacobian-free backprop (phantom:1)", ["solver.grad=phantom:1"], False),
     "deq-nojac": ("default without the Jacobian penalty", ["solver.jac_weight=0"], False),

@@ -255,12 +255,13 @@ class Trainer:
         resume_path = Path(resume_dir) if resume_dir is not None else None
         if resume_path is None and cfg.train.resume and (self.run_dir / "last.pt").is_file():
             resume_path = self.run_dir  # train.resume: continue when a checkpoint exists
+        resumed = self._read_resumable(resume_path) if resume_path is not None else None  # before writing anything
         self.folder = RunFolder(self.run_dir)
         if self.rank == 0:
-            self.folder.open(fresh=resume_path is None, force=force)
+            self.folder.open(fresh=resumed is None, force=force)
         try:
-            if resume_path is not None:
-                self._resume(resume_path)
+            if resumed is not None:
+                self._resume(*resumed)
         except BaseException:
             self.folder.close()
             raise
@@ -327,10 +328,15 @@ class Trainer:
             return f"the last good checkpoint is {self.run_dir / 'last.pt'} (step {self.saved['last.pt']})"
         return "no checkpoint of this run was saved yet"
 
-    def _resume(self, run_dir: Path) -> None:
+    def _read_resumable(self, run_dir: Path) -> tuple[Path, dict[str, Any]]:
+        """The checkpoint to resume from (a folder's last.pt, or a .pt file) and its state, checked to fit the
+        config (CheckpointError / ConfigError with one line)."""
         path = run_dir / "last.pt" if run_dir.is_dir() or not run_dir.suffix else run_dir
         state = read_checkpoint(path, map_location=self.device)
         check_resumable(state["config"], config_to_dict(self.cfg))
+        return path, state
+
+    def _resume(self, path: Path, state: dict[str, Any]) -> None:
         try:  # a checkpoint of another model or batching is a user error, not a bug
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
