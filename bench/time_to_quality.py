@@ -16,6 +16,8 @@ Reported per task: the curves, each model's final NLL and steps, time to the bes
 (and for the Markov source, time to within --markov-gap nats of the entropy rate) and its ratio to the explicit
 model's, plus the step cost of each DEQ recipe against an explicit weight-tied step with as many cell
 evaluations (forward evaluations + adjoint vector-Jacobian products). Writes JSON and, with matplotlib, a PNG.
+With --budget-steps N every model trains for N optimizer steps instead (marks and learning-rate decay in steps):
+quality per step, to tell a recipe's per-step quality from its step cost.
 
     python bench/time_to_quality.py [--task stdlib markov] [--budget-s 240] [--models deq tied4 gpt4 ...]
 """
@@ -69,6 +71,7 @@ LEVERS: dict[str, tuple[str, list[str], bool]] = {
     "deq-jfb": ("default with Jacobian-free backprop (phantom:1)", ["solver.grad=phantom:1"], False),
     "deq-nojac": ("default without the Jacobian penalty", ["solver.jac_weight=0"], False),
     "deq-nopre": ("default without pretraining", ["train.pretrain_steps=0"], False),
+    "deq-exact": ("full solves, no Jacobian penalty", [*OLD_SOLVES, "solver.jac_weight=0"], False),
 }
 
 
@@ -104,20 +107,26 @@ class Curve:
 
 
 class BudgetClock:
-    """Training seconds used so far (evaluation excluded) and the fraction of the budget they are."""
+    """Training seconds and steps used so far (evaluation excluded) and the fraction of the budget they are: a
+    budget of seconds (time to quality) or, with `steps=True`, of optimizer steps (quality per step)."""
 
-    def __init__(self, budget_s: float) -> None:
-        self.budget_s = budget_s
-        self.seconds = 0.0
+    def __init__(self, budget: float, steps: bool = False) -> None:
+        self.budget, self.in_steps = budget, steps
+        self.seconds, self.steps = 0.0, 0
+
+    @property
+    def used(self) -> float:
+        """What the budget counts: steps or seconds."""
+        return self.steps if self.in_steps else self.seconds
 
     @property
     def fraction(self) -> float:
         """Share of the budget used, in [0, 1]."""
-        return min(1.0, self.seconds / self.budget_s)
+        return min(1.0, self.used / self.budget)
 
 
 def budget_schedule(clock: BudgetClock, warmup: int, floor: float) -> Callable[[int], float]:
-    """LR factor: linear warmup over `warmup` steps times a cosine decay to `floor` over the budget's seconds."""
+    """LR factor: linear warmup over `warmup` steps times a cosine decay to `floor` over the budget."""
     def factor(step: int) -> float:
         ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
         return ramp * lr_factor(warmup + int(1e6 * clock.fraction), warmup, warmup + 10**6, floor)
@@ -144,7 +153,7 @@ def mean_nll(logits_of: Callable[[torch.Tensor], torch.Tensor], segments: list[d
 def train_for_budget(curve: Curve, step: Callable[[], dict], evaluate: Callable[[], float], clock: BudgetClock,
                      marks: list[float]) -> None:
     """Run `step` until the clock reaches the budget, evaluating (clock stopped) as each mark is passed."""
-    steps, pending = 0, list(marks)
+    pending = list(marks)
     while pending:
         start = time.perf_counter()
         metrics = step()
@@ -152,28 +161,28 @@ def train_for_budget(curve: Curve, step: Callable[[], dict], evaluate: Callable[
         clock.seconds += seconds
         if metrics is None:  # a skipped non-finite step still costs its time
             continue
-        steps += 1
+        clock.steps += 1
         curve.step_ms.append(1000 * seconds)
         if "fwd_nfe" in metrics:
             curve.fwd_nfe.append(metrics["fwd_nfe"])
             curve.bwd_nfe.append(metrics.get("bwd_nfe", 0.0))
             if "bwd_nfe" in metrics or not metrics.get("pretraining", 1.0):
                 curve.not_converged.append(metrics["fwd_not_converged"])
-        while pending and clock.seconds >= pending[0]:
+        while pending and clock.used >= pending[0]:
             pending.pop(0)
             nll = evaluate()
-            curve.points.append({"seconds": round(clock.seconds, 3), "step": steps, "nll": nll})
-            print(f"    {curve.name:<18} {clock.seconds:7.1f} s  step {steps:6d}  valid NLL {nll:.4f}", flush=True)
+            curve.points.append({"seconds": round(clock.seconds, 3), "step": clock.steps, "nll": nll})
+            print(f"    {curve.name:<18} {clock.seconds:7.1f} s  step {clock.steps:6d}  valid NLL {nll:.4f}",
+                  flush=True)
 
 
-def run_deqseq(name: str, label: str, config: str, overrides: list[str], segments: list[dict], budget_s: float,
+def run_deqseq(name: str, label: str, config: str, overrides: list[str], segments: list[dict], clock: BudgetClock,
                marks: list[float]) -> Curve:
     """Train the deqseq model of config + overrides with the library's own training step for the budget."""
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(config, [*overrides, f"run.out_dir={out}", "tracking.mode=disabled", "train.save_every=0",
                                    f"run.threads={torch.get_num_threads()}"])
         trainer = Trainer(cfg, progress=False)
-        clock = BudgetClock(budget_s)
         trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
             trainer.optimizer, budget_schedule(clock, cfg.train.warmup_steps, cfg.train.min_lr_ratio))
         model, batches = trainer.model, trainer.batcher.cycle()
@@ -206,7 +215,7 @@ def run_deqseq(name: str, label: str, config: str, overrides: list[str], segment
         return curve
 
 
-def run_gpt(name: str, label: str, config: str, layers: int, segments: list[dict], budget_s: float,
+def run_gpt(name: str, label: str, config: str, layers: int, segments: list[dict], clock: BudgetClock,
             marks: list[float]) -> Curve:
     """Train the untied GPT baseline on the task's batches with the task config's optimiser settings."""
     cfg = load_config(config)
@@ -217,7 +226,6 @@ def run_gpt(name: str, label: str, config: str, layers: int, segments: list[dict
     corpus, d, t, m = trainer.corpus, cfg.data, cfg.train, cfg.model
     model = GPT(corpus.tokenizer.vocab_size, m.d_model, layers, m.n_heads, 4 * m.d_model, d.seq_len)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-    clock = BudgetClock(budget_s)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, budget_schedule(clock, t.warmup_steps, t.min_lr_ratio))
     batches = StreamBatcher(corpus.train, d.batch_size, d.seq_len).cycle()
 
@@ -243,15 +251,16 @@ def run_gpt(name: str, label: str, config: str, layers: int, segments: list[dict
     return curve
 
 
-def time_to(points: list[dict], target: float) -> float | None:
-    """Seconds at which the curve first reaches `target` (linear between marks), None if it never does."""
+def time_to(points: list[dict], target: float, axis: str = "seconds") -> float | None:
+    """Seconds (or with axis="step", steps) at which the curve first reaches `target` (linear between marks), None
+    if it never does."""
     prev = None
     for p in points:
         if p["nll"] <= target:
             if prev is None or prev["nll"] == p["nll"]:
-                return p["seconds"]
+                return p[axis]
             w = (prev["nll"] - target) / (prev["nll"] - p["nll"])
-            return prev["seconds"] + w * (p["seconds"] - prev["seconds"])
+            return prev[axis] + w * (p[axis] - prev[axis])
         prev = p
     return None
 
@@ -278,20 +287,23 @@ def step_cost(config: str, recipe_nfe: dict[str, float], ks: tuple[int, ...] = (
     return {"explicit_ms": times, "intercept_ms": mt - slope * mk, "ms_per_evaluation": slope}
 
 
-def report(task: str, curves: dict[str, Curve], entropy_rate: float | None, gap: float, cost: dict | None) -> dict:
-    """Print the task's table and return its JSON record."""
+def report(task: str, curves: dict[str, Curve], entropy_rate: float | None, gap: float, cost: dict | None,
+           axis: str = "seconds") -> dict:
+    """Print the task's table and return its JSON record; `axis` says what time to a target counts (seconds or,
+    for a budget of steps, step)."""
+    unit = "seconds" if axis == "seconds" else "steps"
     explicit = [n for n in curves if n.startswith(("tied", "gpt"))]
     result = {"models": {n: c.summary() for n, c in curves.items()}}
     if explicit:
         best = min(explicit, key=lambda n: curves[n].points[-1]["nll"])
         target = curves[best].points[-1]["nll"]
-        best_time = time_to(curves[best].points, target)
-        result["target"] = {"model": best, "nll": target, "seconds": best_time}
+        best_time = time_to(curves[best].points, target, axis)
+        result["target"] = {"model": best, "nll": target, unit: best_time}
     targets = {"best_explicit": result.get("target", {}).get("nll")}
     if entropy_rate is not None:
         targets["entropy_plus_gap"] = entropy_rate + gap
         result["entropy_rate"] = entropy_rate
-    print(f"\n{task}: valid NLL (nats/token) after the budget; seconds to reach each target")
+    print(f"\n{task}: valid NLL (nats/token) after the budget; {unit} to reach each target")
     header = f"{'model':<22}{'params':>9}{'steps':>8}{'ms/step':>9}{'fwd nfe':>9}{'bwd nfe':>9}{'final NLL':>11}"
     for key in targets:
         header += f"{'t(' + key + ')':>26}"
@@ -304,12 +316,13 @@ def report(task: str, curves: dict[str, Curve], entropy_rate: float | None, gap:
         for key, target in targets.items():
             if target is None:
                 continue
-            t = time_to(c.points, target)
-            ref_model = result["target"]["model"] if key == "best_explicit" else _best_explicit_to(curves, target)
-            ref = time_to(curves[ref_model].points, target) if ref_model else None
+            t = time_to(c.points, target, axis)
+            ref_model = (result["target"]["model"] if key == "best_explicit"
+                         else _best_explicit_to(curves, target, axis))
+            ref = time_to(curves[ref_model].points, target, axis) if ref_model else None
             ratio = t / ref if t is not None and ref else None
-            s["time_to"][key] = {"target": target, "seconds": t, "reference": ref_model, "ratio": ratio}
-            shown = "never" if t is None else f"{t:.0f} s" + (f" ({ratio:.2f}x)" if ratio is not None else "")
+            s["time_to"][key] = {"target": target, unit: t, "reference": ref_model, "ratio": ratio}
+            shown = "never" if t is None else f"{t:.0f} {unit[0]}" + (f" ({ratio:.2f}x)" if ratio is not None else "")
             line += f"{shown:>26}"
         print(line)
     if cost is not None:
@@ -329,15 +342,15 @@ def report(task: str, curves: dict[str, Curve], entropy_rate: float | None, gap:
     return result
 
 
-def _best_explicit_to(curves: dict[str, Curve], target: float) -> str | None:
+def _best_explicit_to(curves: dict[str, Curve], target: float, axis: str) -> str | None:
     """The explicit model that reaches `target` first (None if none does)."""
-    times = {n: time_to(c.points, target) for n, c in curves.items() if n.startswith(("tied", "gpt"))}
+    times = {n: time_to(c.points, target, axis) for n, c in curves.items() if n.startswith(("tied", "gpt"))}
     reached = {n: t for n, t in times.items() if t is not None}
     return min(reached, key=reached.get) if reached else None
 
 
-def plot(path: Path, task: str, curves: dict[str, Curve], result: dict) -> None:
-    """Valid NLL against wall seconds, one line per model (skipped without matplotlib)."""
+def plot(path: Path, task: str, curves: dict[str, Curve], result: dict, axis: str = "seconds") -> None:
+    """Valid NLL against wall seconds (or steps), one line per model (skipped without matplotlib)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -348,15 +361,16 @@ def plot(path: Path, task: str, curves: dict[str, Curve], result: dict) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for name, c in curves.items():
         style = "--" if name.startswith(("tied", "gpt")) else "-"
-        ax.plot([p["seconds"] for p in c.points], [p["nll"] for p in c.points], style, marker="o", ms=3,
+        ax.plot([p[axis] for p in c.points], [p["nll"] for p in c.points], style, marker="o", ms=3,
                 label=f"{name}: {c.label}")
     if "entropy_rate" in result:
         ax.axhline(result["entropy_rate"], color="gray", lw=0.8, ls=":", label="entropy rate")
     lows = [p["nll"] for c in curves.values() for p in c.points]
     ax.set_ylim(min(lows) - 0.02, min(max(lows), min(lows) + 1.0))
-    ax.set_xlabel("training wall time (s, 2 CPU threads; evaluation excluded)")
+    ax.set_xlabel("training wall time (s, 2 CPU threads; evaluation excluded)" if axis == "seconds"
+                  else "training steps")
     ax.set_ylabel("valid NLL (nats/token)")
-    ax.set_title(f"time to quality: {task}")
+    ax.set_title(f"time to quality: {task}" if axis == "seconds" else f"quality per step: {task}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -390,6 +404,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", nargs="+", default=["stdlib", "markov"], choices=list(TASKS))
     parser.add_argument("--budget-s", type=float, default=240.0, help="training seconds per model")
+    parser.add_argument("--budget-steps", type=int, default=None,
+                        help="a budget of optimizer steps instead of seconds: quality per step (marks in steps)")
     parser.add_argument("--marks", type=int, default=12, help="evaluations per run, evenly spaced in time")
     parser.add_argument("--models", nargs="*", default=["deq", "tied4", "gpt4"],
                         help=f"deq, tiedK, gptK, {', '.join(LEVERS)}")
@@ -403,9 +419,11 @@ def main() -> None:
     parser.add_argument("--plot-dir", default="docs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = {"budget_s": args.budget_s, "threads": args.threads, "eval_tokens": args.eval_tokens,
-               "torch": torch.__version__, "tasks": {}}
-    marks = [args.budget_s * (i + 1) / args.marks for i in range(args.marks)]
+    in_steps = args.budget_steps is not None
+    budget, axis = (args.budget_steps, "step") if in_steps else (args.budget_s, "seconds")
+    results = {("budget_steps" if in_steps else "budget_s"): budget, "threads": args.threads,
+               "eval_tokens": args.eval_tokens, "torch": torch.__version__, "tasks": {}}
+    marks = [budget * (i + 1) / args.marks for i in range(args.marks)]
     for task in args.task:
         config = TASKS[task]
         cfg = load_config(config)
@@ -413,19 +431,21 @@ def main() -> None:
             probe = Trainer(load_config(config, [f"run.out_dir={out}", "tracking.mode=disabled",
                                                  f"run.threads={args.threads}"]), progress=False)
         segments = eval_segments(probe.corpus.valid, args.eval_tokens, cfg.data.eval_batch_size, cfg.data.seq_len)
-        print(f"{task}: {config}, budget {args.budget_s:.0f} s per model, {args.eval_tokens} valid positions",
+        print(f"{task}: {config}, budget {budget:.0f} {'steps' if in_steps else 's'} per model, "
+              f"{args.eval_tokens} valid positions",
               flush=True)
         curves: dict[str, Curve] = {}
         for name, (label, kind, spec) in model_specs(task, args.models, args.recipe).items():
             print(f"  {name}: {label}", flush=True)
             if kind == "gpt":
-                curves[name] = run_gpt(name, label, config, spec, segments, args.budget_s, marks)
+                curves[name] = run_gpt(name, label, config, spec, segments, BudgetClock(budget, in_steps), marks)
             else:
-                curves[name] = run_deqseq(name, label, config, spec, segments, args.budget_s, marks)
+                curves[name] = run_deqseq(name, label, config, spec, segments, BudgetClock(budget, in_steps), marks)
         nfe = {n: c.summary()["fwd_nfe_mean"] for n, c in curves.items()}
         cost = None if args.no_step_cost else step_cost(config, nfe)
-        results["tasks"][task] = report(task, curves, probe.corpus.entropy_rate, args.markov_gap, cost)
-        plot(Path(args.plot_dir) / f"time_to_quality_{task}.png", task, curves, results["tasks"][task])
+        results["tasks"][task] = report(task, curves, probe.corpus.entropy_rate, args.markov_gap, cost, axis)
+        name = f"quality_per_step_{task}.png" if in_steps else f"time_to_quality_{task}.png"
+        plot(Path(args.plot_dir) / name, task, curves, results["tasks"][task], axis)
         write_json(args.out, results)
 
 

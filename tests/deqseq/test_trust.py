@@ -417,3 +417,42 @@ def test_a_run_that_never_reaches_the_deq_is_warned_about(tmp_path, capsys):
     assert train_main(["--no-progress", *tiny(tmp_path, "pw", "train.max_steps=2", "train.pretrain_steps=5")]) == 0
     out = capsys.readouterr().out
     assert "warning: train.pretrain_steps=5 >= train.max_steps=2" in out and "never uses the DEQ" in out
+
+
+def test_the_thread_default_leaves_a_core_free_and_run_threads_overrides_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert deqseq.training.default_threads() == 1  # 2 usable cores: one thread, the other core for the machine
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert deqseq.training.default_threads() == 1  # never zero
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert deqseq.training.default_threads() == 15
+    chosen: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    Trainer(load_config(None, tiny(tmp_path, "threads", "run.threads=3")))
+    Trainer(load_config(None, tiny(tmp_path, "threads2")))
+    assert chosen == [3, 15]
+
+
+def test_offline_tracking_looks_up_no_host(tmp_path, monkeypatch):
+    """wandb in offline mode with crash reports off: nothing in this process resolves a network name (the service
+    process wandb starts talks to it over a local socket)."""
+    import socket
+
+    from deqseq.tracking import Tracker
+
+    monkeypatch.delenv("WANDB_ERROR_REPORTING", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    looked_up: list[str] = []
+    real = socket.getaddrinfo
+
+    def recording(host, *args, **kwargs):
+        looked_up.append(str(host))
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    tracker = Tracker(tmp_path / "run", mode="offline", name="offline", config={"a": 1})
+    tracker.log({"loss": 1.0}, step=1)
+    tracker.finish()
+    assert os.environ["WANDB_ERROR_REPORTING"] == "false"
+    assert all(host in {"localhost", "127.0.0.1", "::1", "None"} for host in looked_up), looked_up
+    assert list((tmp_path / "run").glob("wandb/offline-run-*")), "the run is stored locally"
