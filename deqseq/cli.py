@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint
@@ -115,6 +116,28 @@ def _read_text(spec: str, what: str) -> str:
     return spec
 
 
+def _prompt_texts(args) -> list[str]:
+    """The texts of --prompt (each may repeat) and the lines of --prompts FILE; a line break when neither."""
+    texts = [_read_text(spec, "prompt") for spec in args.prompt or []]
+    if args.prompts is not None:
+        lines = _read_text("@" + args.prompts, "prompts").splitlines()
+        texts += [line for line in lines if line]
+        if not any(lines):
+            raise UsageError(f"--prompts file {args.prompts} has no prompts (one per line)")
+    return texts or ["\n"]
+
+
+def _stop_strings(values: list[str] | None) -> list[str]:
+    """--stop values with \\n, \\t and \\\\ read as a line break, a tab and a backslash."""
+    out = []
+    for value in values or []:
+        text = re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}.get(m[1], m[0]), value)
+        if not text:
+            raise UsageError("--stop needs a non-empty string")
+        out.append(text)
+    return out
+
+
 def _window(mem_len: int | str, model, total: int) -> int | str | None:
     """The --mem-len value as the library's window argument (see DEQSequenceModel.resolve_window).
 
@@ -141,8 +164,14 @@ def _seed(value: str) -> int:
 def _generate_parser() -> _Parser:
     parser = _Parser(prog="generate.py", description="Generate from or score with a trained DEQ sequence model.")
     parser.add_argument("--checkpoint", required=True, help="RUN_DIR/last.pt (or a run directory)")
-    parser.add_argument("--prompt", default=None,
-                        help="prompt TEXT, @FILE for a file's contents, - for stdin (default: a line break)")
+    parser.add_argument("--prompt", action="append", default=None,
+                        help="prompt TEXT, @FILE for a file's contents, - for stdin (default: a line break); "
+                             "repeat it for several prompts in one batch (any lengths)")
+    parser.add_argument("--prompts", metavar="FILE", default=None,
+                        help="several prompts, one per line of FILE (empty lines skipped), in one batch")
+    parser.add_argument("--stop", action="append", default=None, metavar="STRING",
+                        help="end a sequence once its generated text contains STRING (kept in the output; "
+                             "\\n and \\t mean a line break and a tab); may be repeated")
     parser.add_argument("--max-new-tokens", type=_positive, default=None,
                         help="tokens (steps) to generate (default: 200; for a series, the rest of --series, else 64)")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
@@ -199,12 +228,12 @@ def generate_main(argv: list[str] | None = None) -> int:
         args.num_samples = args.num_samples or 1
         if args.score is not None:
             return _score_command(args, model, tokenizer, config)
-        prompt = tokenizer.encode_prompt(_read_text(args.prompt if args.prompt is not None else "\n", "prompt"))
-        if not prompt:
+        prompts = [tokenizer.encode_prompt(text) for text in _prompt_texts(args)]
+        if not all(prompts):
             raise UsageError("the prompt is empty: give --prompt with at least one symbol to continue from")
         # The last sampled token is only solved for by --check-equivalence.
-        solved = len(prompt) + args.max_new_tokens - (0 if args.check_equivalence else 1)
-        return _generate_command(args, model, tokenizer, prompt, _window(args.mem_len, model, solved))
+        solved = max(map(len, prompts)) + args.max_new_tokens - (0 if args.check_equivalence else 1)
+        return _generate_command(args, model, tokenizer, prompts, _window(args.mem_len, model, solved))
     except (*USER_ERRORS, UsageError, UnknownSymbolError) as err:
         print(f"generate.py: error: {err}", file=sys.stderr)
         return 2
@@ -239,51 +268,82 @@ def _score_command(args, model, tokenizer, config) -> int:
     return 0
 
 
-def _generate_command(args, model, tokenizer, prompt: list[int], mem_len: int | str | None) -> int:
+def _generate_command(args, model, tokenizer, prompts: list[list[int]], mem_len: int | str | None) -> int:
     import torch
 
     from .equivalence import check_equivalence
     from .generation import next_input, stream
 
-    def token_ids(step) -> torch.Tensor:  # (N,) ids; a dmol head over token ids samples level values
-        return next_input(model, step.ids)[:, 0]
-
-    steps = []
+    stops = _stop_strings(args.stop)
+    n = len(prompts) * args.num_samples
+    rows = [prompts[i // args.num_samples] for i in range(n)]
+    new: list[list[int]] = [[] for _ in range(n)]  # each row's generated ids
+    cut: list[int | None] = [None] * n  # where a row's text ends after its first stop string
     out = sys.stdout
-    several = args.num_samples > 1
-    if args.stream:  # sample 1 is printed as it is produced, the others once they are complete
-        shown = tokenizer.decode(prompt)
-        out.write(("---- sample 1 ----\n" if several else "") + shown)
+    labels = [_row_label(i, len(prompts), args.num_samples) for i in range(n)]
+    if args.stream:  # row 1 is printed as it is produced, the others once they are complete
+        shown = tokenizer.decode(rows[0])
+        out.write(labels[0] + shown)
         out.flush()
-    for step in stream(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+    steps = []
+    for step in stream(model, prompts, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                        args.repetition_penalty, args.seed, args.num_samples, mem_len=mem_len,
                        warm_start=args.warm_start):
         steps.append(step)
         if args.stats:
             print(f"token {step.index:4d}: iterations {int(step.iterations.max()):3d}  residual "
                   f"{step.residual.max().item():.2e}  converged {bool(step.converged.all())}", file=sys.stderr)
-        if args.stream:
+        ids = next_input(model, step.ids)[:, 0].tolist()  # a dmol head over token ids samples level values
+        for i in step.sampled.nonzero()[:, 0].tolist():
+            if cut[i] is None:
+                new[i].append(ids[i])
+                cut[i] = _stop_cut(tokenizer, rows[i], new[i], stops)
+        if args.stream and step.sampled[0] and (cut[0] is None or cut[0] > len(shown)):
             # Decode the whole text each time: tokenizers that join tokens with separators (words, ids)
             # decode a continuation differently from its pieces, and a byte may end mid-character.
-            text = tokenizer.decode(prompt + [token_ids(s)[0].item() for s in steps])
+            text = tokenizer.decode(rows[0] + new[0])[: cut[0]]
             if not text.endswith("\ufffd"):
                 out.write(text[len(shown):])
                 out.flush()
                 shown = text
-    new = torch.stack([token_ids(s) for s in steps], dim=1).cpu()
+        if stops and all(c is not None for c in cut):
+            break
+    texts = [tokenizer.decode(rows[i] + new[i])[: cut[i]] for i in range(n)]
     if args.stream:
-        out.write(tokenizer.decode(prompt + new[0].tolist())[len(shown):] + "\n")
-    for i in range(1 if args.stream else 0, new.shape[0]):
-        if several:
-            out.write(f"---- sample {i + 1} ----\n")
-        out.write(tokenizer.decode(prompt + new[i].tolist()) + "\n")
+        out.write(texts[0][len(shown):] + "\n")
+    for i in range(1 if args.stream else 0, n):
+        out.write(labels[i] + texts[i] + "\n")
     out.flush()
     if args.stats:
-        _print_generation_stats(steps, len(prompt))
+        _print_generation_stats(steps, min(map(len, prompts)))
     if args.check_equivalence:
-        full = torch.cat([torch.tensor(prompt).expand(new.shape[0], -1), new], dim=1)
-        return _check(model, full.to(next(model.parameters()).device), check_equivalence, mem_len=mem_len)
+        device = next(model.parameters()).device
+        # Rows are checked in groups of one length (a stop string can end rows at different tokens).
+        code = 0
+        for length in sorted({len(rows[i]) + len(new[i]) for i in range(n)}):
+            group = [rows[i] + new[i] for i in range(n) if len(rows[i]) + len(new[i]) == length]
+            code = max(code, _check(model, torch.tensor(group, device=device), check_equivalence, mem_len=mem_len))
+        return code
     return 0
+
+
+def _row_label(row: int, prompts: int, samples: int) -> str:
+    """The header line before output row `row` (none when there is only one row)."""
+    if prompts == 1:
+        return f"---- sample {row + 1} ----\n" if samples > 1 else ""
+    prompt, sample = divmod(row, samples)
+    return f"---- prompt {prompt + 1}" + (f", sample {sample + 1}" if samples > 1 else "") + " ----\n"
+
+
+def _stop_cut(tokenizer, prompt: list[int], new: list[int], stops: list[str]) -> int | None:
+    """The length of the text up to the end of the first stop string in the generated part, or None."""
+    if not stops:
+        return None
+    start = len(tokenizer.decode(prompt))
+    text = tokenizer.decode(prompt + new)
+    ends = [text.find(s, start) for s in stops]
+    hits = [e + len(s) for e, s in zip(ends, stops, strict=True) if e >= 0]
+    return min(hits) if hits else None
 
 
 CHECK_MAX_ITER = 200

@@ -10,6 +10,7 @@ sequence-level solve.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ class TokenStep:
     seconds:    wall time of that solve plus the sampling (for the first token, the prompt's prefill).
     params:     (N, P) the head's parameters the token was drawn from (logits, or mixture parameters whose
                 `model.head.mean` / `std` give the predictive mean and spread).
+    sampled:    (N,) whether `ids` is a generated token of that sequence. All True for prompts of one length;
+                with prompts of different lengths, False where a longer prompt is still being fed (`ids` is its
+                next prompt token, `logprobs` its log-probability) or where a sequence already has all its tokens.
     """
 
     index: int
@@ -49,6 +53,7 @@ class TokenStep:
     finished: Tensor
     seconds: float
     params: Tensor | None = None
+    sampled: Tensor | None = None
 
 
 @dataclass
@@ -56,11 +61,14 @@ class Generation:
     """Everything `generate(..., details=True)` returns.
 
     ids:       (N, P + G) prompt followed by the G generated tokens ((N, P + G, I) real values for a model with
-               real-valued inputs); row i is prompt i // num_samples.
-    logprobs:  (N, G) model log-probability of each generated token.
+               real-valued inputs); row i is prompt i // num_samples. Prompts of different lengths: (N, max P + G),
+               row i is its prompt, its G tokens, then PAD (-1) up to the width.
+    logprobs:  (N, G) model log-probability of each generated token (NaN where a row has no token: after a
+               row of ragged prompts stopped earlier than the others).
     lengths:   (N,) number of generated tokens up to and including the first stop token (G without one).
     steps:     the per-token TokenSteps (solver iterations, residuals, timing); steps[0] holds the prompt's
                sequence-level solve (prefill) and the first sample.
+    prompt_lengths: (N,) each row's prompt length (all equal to prompt_len unless the prompts were ragged).
     """
 
     ids: Tensor
@@ -68,11 +76,22 @@ class Generation:
     lengths: Tensor
     prompt_len: int
     steps: list[TokenStep] = field(default_factory=list)
+    prompt_lengths: Tensor | None = None
 
     @property
     def new_ids(self) -> Tensor:
         """(N, G) the generated tokens only."""
-        return self.ids[:, self.prompt_len :]
+        if self.prompt_lengths is None or bool((self.prompt_lengths == self.prompt_len).all()):
+            return self.ids[:, self.prompt_len :]
+        steps = torch.arange(self.logprobs.shape[1], device=self.ids.device)
+        return self.ids.gather(1, self.prompt_lengths.to(self.ids.device)[:, None] + steps)
+
+    @property
+    def sequences(self) -> list[Tensor]:
+        """Each row's prompt and generated tokens up to and including its first stop token, without padding."""
+        prompt = self.prompt_lengths if self.prompt_lengths is not None else torch.full_like(self.lengths,
+                                                                                             self.prompt_len)
+        return [row[: int(p) + int(n)] for row, p, n in zip(self.ids, prompt, self.lengths, strict=True)]
 
     @property
     def prefill_seconds(self) -> float:
@@ -113,12 +132,18 @@ def as_values_prompt(prompt: Tensor | Sequence, in_dim: int, device: torch.devic
     return x.to(device=device, dtype=dtype)
 
 
-def model_prompt(model: DEQSequenceModel, prompt: Tensor | Sequence) -> Tensor:
-    """The prompt as the model's input: (B, P) ids, or (B, P, in_dim) values for real-valued input transforms."""
+PAD = -1  # fills Generation.ids after the shorter rows of prompts of different lengths
+
+
+def model_prompt(model: DEQSequenceModel, prompt: Tensor | Sequence) -> tuple[Tensor, Tensor]:
+    """The prompt as the model's input and each row's length: (B, P) ids (rows of a ragged list padded with 0
+    up to the longest; positions past a row's length are never fed), or (B, P, in_dim) values for real-valued
+    input transforms (one length); lengths (B,)."""
     weight = next(model.parameters())
     if getattr(model.input, "takes_ids", True):
-        return as_prompt(prompt, weight.device)
-    return as_values_prompt(prompt, model.input.in_dim, weight.device, weight.dtype)
+        return prompt_rows(prompt, weight.device)
+    values = as_values_prompt(prompt, model.input.in_dim, weight.device, weight.dtype)
+    return values, torch.full((values.shape[0],), values.shape[1], dtype=torch.long, device=weight.device)
 
 
 def next_input(model: DEQSequenceModel, sample: Tensor) -> Tensor:
@@ -143,21 +168,37 @@ def _is_categorical(model: DEQSequenceModel) -> bool:
 
 def as_prompt(prompt: Tensor | Sequence[int] | Sequence[Sequence[int]], device: torch.device) -> Tensor:
     """A (B, P) int64 tensor from ids given as (P,) / (B, P) tensor or (nested) lists; P >= 1, equal lengths."""
+    ids, lengths = prompt_rows(prompt, device)
+    if bool((lengths != ids.shape[1]).any()):
+        raise ValueError("prompts in one batch must have the same length here; generate() and stream() take "
+                         "prompts of different lengths")
+    return ids
+
+
+def prompt_rows(prompt: Tensor | Sequence[int] | Sequence[Sequence[int]],
+                device: torch.device) -> tuple[Tensor, Tensor]:
+    """(B, P) int64 ids and their lengths (B,) from a (P,) / (B, P) tensor, a list of ids, or a list of rows
+    (lists or 1-D tensors) of any lengths >= 1; shorter rows are padded with 0 up to the longest."""
     if isinstance(prompt, Tensor):
-        ids = prompt
+        rows = [prompt] if prompt.dim() <= 1 else list(prompt) if prompt.dim() == 2 else None
+        if rows is None or prompt.dtype.is_floating_point or prompt.dtype == torch.bool:
+            raise ValueError(f"prompt must be integer ids of shape (P,) or (B, P), got {prompt.dtype} "
+                             f"{tuple(prompt.shape)}")
     else:
-        rows = list(prompt)
-        if rows and not isinstance(rows[0], int | Tensor) and len({len(r) for r in rows}) > 1:
-            raise ValueError("prompts in one batch must have the same length (one history offset per batch)")
-        empty = not rows or (not isinstance(rows[0], int) and len(rows[0]) == 0)
-        ids = torch.as_tensor(rows, dtype=torch.long if empty else None)
-    if ids.dim() == 1:
-        ids = ids[None]
-    if ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        raise ValueError(f"prompt must be integer ids of shape (P,) or (B, P), got {ids.dtype} {tuple(ids.shape)}")
-    if ids.shape[1] < 1:
-        raise ValueError("prompt is empty: generation needs at least one token to condition on")
-    return ids.to(device=device, dtype=torch.long)
+        items = list(prompt)
+        flat = not items or isinstance(items[0], int) or (isinstance(items[0], Tensor) and items[0].dim() == 0)
+        rows = [items] if flat else items
+    tensors = []
+    for row in rows:
+        t = row if isinstance(row, Tensor) else torch.as_tensor(list(row), dtype=torch.long)
+        if t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise ValueError(f"prompt must be integer ids of shape (P,) or (B, P), got {t.dtype} {tuple(t.shape)}")
+        if t.numel() < 1:
+            raise ValueError("prompt is empty: generation needs at least one token to condition on")
+        tensors.append(t.to(device=device, dtype=torch.long))
+    lengths = torch.tensor([len(t) for t in tensors], dtype=torch.long, device=device)
+    ids = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=0)
+    return ids, lengths
 
 
 def _stop_ids(stop: int | Sequence[int] | None, device: torch.device) -> Tensor:
@@ -211,7 +252,14 @@ def stream(
     mem_len: int | str | None = "auto",
     warm_start: bool = False,
 ) -> Iterator[TokenStep]:
-    """Generate like `generate`, yielding each position's TokenStep as soon as its tokens are sampled."""
+    """Generate like `generate`, yielding each position's TokenStep as soon as its tokens are sampled.
+
+    Prompts of different lengths are aligned at their first token: the shortest prompt is solved for all rows
+    at once, then every step solves one position of every row, feeding a longer row its next prompt token
+    (TokenStep.sampled False) until its prompt is used up, so each row computes what generating it alone does
+    (its prompt's tail solved token by token instead of in the prefill: equal up to the solver tolerance, as
+    `check_equivalence` shows). There are max(P) - min(P) + max_new_tokens steps at most.
+    """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if num_samples < 1:
@@ -223,9 +271,10 @@ def stream(
                          f"the {model.config.head!r} head (its samples are drawn by head.sample with temperature)")
     device = next(model.parameters()).device
     window = model.resolve_window(mem_len)
-    ids = model_prompt(model, prompt)
-    batch, prompt_len = ids.shape[:2]
-    _check_cond(cond, batch, prompt_len + max_new_tokens)
+    prompt_ids, lengths = model_prompt(model, prompt)
+    batch, longest = prompt_ids.shape[:2]
+    shortest = int(lengths.min())
+    _check_cond(cond, batch, longest + max_new_tokens)
     if cond is not None:  # class ids become vectors once, not at every token
         cond = model.condition_vectors(cond.to(device))
     generator = torch.Generator(device=device)
@@ -241,33 +290,40 @@ def stream(
     try:
         with torch.no_grad():
             start = time.perf_counter()
-            # Prefill: the prompt's positions in one solve, once per prompt; samples share it.
-            out = model(ids, cond=_cond_at(cond, 0, prompt_len), window=window)
+            # Prefill: the (shortest) prompt's positions in one solve, once per prompt; samples share it.
+            out = model(prompt_ids[:, :shortest], cond=_cond_at(cond, 0, shortest), window=window)
             history: History = out.history.select(fan_out)
             logits, z = out.logits[:, -1][fan_out], out.z[:, -1:][fan_out]
             iterations, residual, converged = (t[fan_out] for t in _solve_stats(out.stats))
-            ids = ids[fan_out]
+            prompt_ids, lengths = prompt_ids[fan_out], lengths[fan_out]
+            fed = prompt_ids[:, :shortest]  # every row's inputs so far (the repetition penalty's history)
             cond = cond[fan_out] if cond is not None else None
-            finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
-            for index in range(max_new_tokens):
+            finished = torch.zeros(fed.shape[0], dtype=torch.bool, device=device)
+            produced = torch.zeros(fed.shape[0], dtype=torch.long, device=device)
+            for index in range(longest - shortest + max_new_tokens):
+                position = shortest + index  # where this step's token goes
+                forced = lengths > position  # rows still feeding their prompt
+                sampled = ~forced & (produced < max_new_tokens)
                 if categorical:
-                    token = sample_next(logits, sampling, generator, previous=ids)
+                    token = sample_next(logits, sampling, generator, previous=fed)
+                    if position < longest:
+                        token = torch.where(forced, prompt_ids[:, position], token)
                     if stop_ids.numel():
-                        token = torch.where(finished, stop_ids[0], token)
-                        finished = finished | torch.isin(token, stop_ids)
+                        token = torch.where(finished & sampled, stop_ids[0], token)
+                        finished = finished | (sampled & torch.isin(token, stop_ids))
                     wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # no log-softmax in bf16
                     logprobs = torch.log_softmax(wide, dim=-1).gather(1, token[:, None])[:, 0]
                 else:
                     token = model.head.sample(logits[:, None], temperature, generator)[:, 0]
                     logprobs = -model.head.nll(logits[:, None], token[:, None])[:, 0]
                 step_input = next_input(model, token)
-                ids = torch.cat([ids, step_input], dim=1)
+                fed = torch.cat([fed, step_input], dim=1)
+                produced = produced + sampled
                 yield TokenStep(index, token, logprobs, iterations, residual, converged, finished.clone(),
-                                time.perf_counter() - start, logits)
-                if index == max_new_tokens - 1 or bool(finished.all()):
+                                time.perf_counter() - start, logits, sampled)
+                if bool((finished | (produced >= max_new_tokens)).all()):
                     return
                 start = time.perf_counter()
-                position = prompt_len + index
                 out = model(step_input, history=history, cond=_cond_at(cond, position, position + 1),
                             z0=z if warm_start else None, window=window)
                 history, logits, z = out.history, out.logits[:, -1], out.z
@@ -291,11 +347,12 @@ def generate(
     mem_len: int | str | None = "auto",
     warm_start: bool = False,
     details: bool = False,
-) -> Tensor | Generation:
+) -> Tensor | list[Tensor] | Generation:
     """Continue each prompt by up to max_new_tokens sampled tokens, solving one new position per token.
 
-    prompt:      ids (P,) or (B, P) (or lists); all prompts of a batch have the same length. A model with
-                 real-valued inputs takes observed values (P, I) or (B, P, I) ((P,) when I = 1).
+    prompt:      ids (P,) or (B, P) (or lists), or a list of rows of different lengths (each row then gets
+                 what generating it alone gives, see `stream`). A model with real-valued inputs takes observed
+                 values (P, I) or (B, P, I) ((P,) when I = 1).
     temperature: 0 = greedy; top_k, top_p (nucleus) and repetition_penalty as in `SamplingConfig`. Other
                  heads draw with `model.head.sample(params, temperature, generator)` (0 = deterministic) and
                  reject top_k, top_p, repetition_penalty and stop.
@@ -311,17 +368,53 @@ def generate(
                  `default_window`, its own window or else what it saw in training; an integer N the last N;
                  "all" or None no limit beyond the model's own window.
     warm_start:  start each position's solve from the previous position's equilibrium instead of zeros.
-    Returns the (N, P + G) ids, or a `Generation` with log-probabilities and solver stats when details=True.
+    Returns the (N, P + G) ids (for prompts of different lengths, a list of N 1-D tensors, prompt then its
+    tokens), or a `Generation` with log-probabilities and solver stats when details=True.
     """
-    prompt_ids = model_prompt(model, prompt)
+    prompt_ids, prompt_lengths = model_prompt(model, prompt)
+    ragged = bool((prompt_lengths != prompt_ids.shape[1]).any())
+    if ragged:  # the list of rows as given, so that stream pads them itself
+        prompt_ids = [row[:n] for row, n in zip(prompt_ids, prompt_lengths.tolist(), strict=True)]
     steps = list(stream(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
                         num_samples, stop, cond, mem_len, warm_start))
-    new = torch.cat([next_input(model, s.ids) for s in steps], dim=1)
-    ids = torch.cat([prompt_ids.repeat_interleave(num_samples, dim=0), new], dim=1)
+    if not ragged:
+        new = torch.cat([next_input(model, s.ids) for s in steps], dim=1)
+        ids = torch.cat([prompt_ids.repeat_interleave(num_samples, dim=0), new], dim=1)
+        if not details:
+            return ids
+        finished = torch.stack([s.finished for s in steps], dim=1)
+        logprobs = torch.stack([s.logprobs for s in steps], dim=1)
+        lengths = torch.where(finished.any(1), finished.int().argmax(1) + 1, len(steps))
+        return Generation(ids=ids, logprobs=logprobs, lengths=lengths, prompt_len=prompt_ids.shape[1],
+                          steps=steps, prompt_lengths=prompt_lengths.repeat_interleave(num_samples))
+    return _ragged_result(steps, prompt_ids, prompt_lengths.repeat_interleave(num_samples), num_samples, stop,
+                          details)
+
+
+def _ragged_result(steps: list[TokenStep], prompts: list[Tensor], prompt_lengths: Tensor, num_samples: int,
+                   stop: int | Sequence[int] | None, details: bool) -> list[Tensor] | Generation:
+    """generate's result for prompts of different lengths: each row's sampled tokens after its own prompt."""
+    tokens = torch.stack([s.ids for s in steps], dim=1)
+    sampled = torch.stack([s.sampled for s in steps], dim=1)
+    rows = [prompts[i // num_samples] for i in range(len(prompt_lengths))]
+    new = [t[m] for t, m in zip(tokens, sampled, strict=True)]
     if not details:
-        return ids
+        return [torch.cat([p, n]) for p, n in zip(rows, new, strict=True)]
+    width = max(len(n) for n in new)  # rows that stopped before the others are padded with the stop token
+    fill = _stop_ids(stop, tokens.device)[:1]
+    fill = fill.expand(width) if fill.numel() else tokens.new_full((width,), PAD)
+    new_ids = torch.stack([torch.cat([n, fill[len(n):]]) for n in new])
+    logprob_rows = torch.stack([s.logprobs for s in steps], dim=1)
+    logprobs = torch.full(new_ids.shape, math.nan, dtype=logprob_rows.dtype, device=tokens.device)
+    for i, (row, m) in enumerate(zip(logprob_rows, sampled, strict=True)):
+        logprobs[i, : int(m.sum())] = row[m]
     finished = torch.stack([s.finished for s in steps], dim=1)
-    # Position of the first stop token + 1, or every generated token when a sequence never stopped.
-    lengths = torch.where(finished.any(1), finished.int().argmax(1) + 1, len(steps))
-    return Generation(ids=ids, logprobs=torch.stack([s.logprobs for s in steps], dim=1), lengths=lengths,
-                      prompt_len=prompt_ids.shape[1], steps=steps)
+    first_stop = [int(m.nonzero()[0]) if bool(m.any()) else -1 for m in finished]
+    lengths = torch.tensor([int(sampled[i, : f + 1].sum()) if f >= 0 else width for i, f in enumerate(first_stop)],
+                           device=tokens.device)
+    longest = int(prompt_lengths.max())
+    ids = torch.full((len(rows), longest + width), PAD, dtype=torch.long, device=tokens.device)
+    for i, (p, n) in enumerate(zip(rows, new_ids, strict=True)):
+        ids[i, : len(p) + width] = torch.cat([p, n])
+    return Generation(ids=ids, logprobs=logprobs, lengths=lengths, prompt_len=longest, steps=steps,
+                      prompt_lengths=prompt_lengths)

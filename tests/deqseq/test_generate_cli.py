@@ -427,3 +427,45 @@ def test_cuda_device_without_cuda_exits_2(char_run, capsys):
     result = run(capsys, "--checkpoint", char_run, "--device", "cuda")
     assert result.code == 2 and result.out == ""
     assert result.err == "generate.py: error: --device cuda asked for CUDA but no CUDA device is available\n"
+
+
+# ------------------------------------------------------------------------------------ several prompts and --stop
+
+
+def test_several_prompts_in_one_batch_equal_each_prompt_alone(char_run, capsys, tmp_path):
+    prompts = ["def f", "    return x + 1\n", "d"]
+    argv = ("--checkpoint", char_run, "--max-new-tokens", 9, "--temperature", 0)
+    alone = [ok(capsys, *argv, "--prompt", p) for p in prompts]
+    batch = ok(capsys, *argv, *[a for p in prompts for a in ("--prompt", p)])
+    expected = "".join(f"---- prompt {i + 1} ----\n{text}" for i, text in enumerate(alone))
+    assert batch == expected
+    (tmp_path / "prompts.txt").write_text("def f\n\nd\n", encoding="utf-8")
+    from_file = ok(capsys, *argv, "--prompts", tmp_path / "prompts.txt")
+    assert from_file == f"---- prompt 1 ----\n{alone[0]}---- prompt 2 ----\n{alone[2]}"
+    streamed = ok(capsys, *argv, "--stream", "--prompt", prompts[1], "--prompt", prompts[0])
+    assert streamed == f"---- prompt 1 ----\n{alone[1]}---- prompt 2 ----\n{alone[0]}"
+
+
+def test_stop_strings_end_each_row_after_its_first_match(char_run, char_model, capsys):
+    model, tokenizer, _ = char_model
+    argv = ("--checkpoint", char_run, "--max-new-tokens", 30, "--temperature", 0)
+    free = [ok(capsys, *argv, "--prompt", p)[:-1] for p in ("def f", "x")]  # without print's line break
+    stop = free[0][5:][2:4]  # two characters the first row generates
+    out = ok(capsys, *argv, "--prompt", "def f", "--prompt", "x", "--stop", stop)
+    for i, (text, prompt) in enumerate(zip(free, ("def f", "x"), strict=True)):
+        hit = text.find(stop, len(prompt))
+        want = text if hit < 0 else text[: hit + len(stop)]
+        assert f"---- prompt {i + 1} ----\n{want}\n" in out
+    streamed = ok(capsys, *argv, "--prompt", "def f", "--stop", stop, "--stream")
+    assert streamed == free[0][: free[0].find(stop, 5) + 2] + "\n"
+    # \n on the command line is a line break; the row ends at the first one it generates.
+    lines = ok(capsys, *argv, "--prompt", "def f", "--stop", "\\n")
+    assert lines == free[0][: free[0].index("\n", 5) + 1] + "\n" if "\n" in free[0][5:] else lines == free[0] + "\n"
+    assert run(capsys, *argv, "--prompt", "d", "--stop", "").code == 2
+
+
+def test_several_prompts_pass_the_equivalence_check(char_run, capsys):
+    result = run(capsys, "--checkpoint", char_run, "--max-new-tokens", 6, "--temperature", 0, "--prompt", "def f",
+                 "--prompt", "d", "--check-equivalence")
+    assert result.code == 0, result.out
+    assert result.out.count("equivalence check") == 2

@@ -253,3 +253,41 @@ def test_branching_from_one_history_never_corrupts_it():
     assert torch.equal(history.k, saved_k) and torch.equal(history.v, saved_v)
     assert torch.equal(a.history.k, a_k)
     assert torch.equal(again.z, a.z) and torch.equal(again.history.k, a.history.k)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_ragged_prompts_give_each_row_what_generating_it_alone_gives(cell):
+    model = make_model(cell)
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, VOCAB, (n,), generator=gen) for n in (3, 7, 1, 5)]
+    out = generate(model, prompts, 9, temperature=0, repetition_penalty=1.3, mem_len=6, details=True)
+    assert out.prompt_lengths.tolist() == [3, 7, 1, 5] and out.new_ids.shape == (4, 9)
+    assert len(out.steps) == 7 - 1 + 9
+    for i, prompt in enumerate(prompts):
+        alone = generate(model, prompt, 9, temperature=0, repetition_penalty=1.3, mem_len=6, details=True)
+        assert torch.equal(out.sequences[i], alone.ids[0])
+        assert torch.equal(out.new_ids[i], alone.new_ids[0])
+        assert (out.logprobs[i] - alone.logprobs[0]).abs().max().item() < 1e-9
+        assert torch.equal(out.ids[i, : len(prompt) + 9], alone.ids[0])
+        assert (out.ids[i, len(prompt) + 9 :] == -1).all()
+    plain = generate(model, prompts, 9, temperature=0, repetition_penalty=1.3, mem_len=6)
+    assert [p.tolist() for p in plain] == [s.tolist() for s in out.sequences]
+    # The stream says which rows sampled: row 1 feeds its prompt for its first 6 steps, row 2 samples at once.
+    assert [bool(s.sampled[1]) for s in out.steps[:7]] == [False] * 6 + [True]
+    assert all(bool(s.sampled[2]) for s in out.steps[:9]) and not any(bool(s.sampled[2]) for s in out.steps[9:])
+
+
+def test_ragged_prompts_with_samples_and_a_stop_token():
+    model = make_model("transformer")
+    prompts = [[1, 2, 3, 4, 5], [6, 7]]
+    free = generate(model, prompts, 12, temperature=0, num_samples=2, details=True)
+    stop = int(free.new_ids[1, 3])  # row 1 (prompt 0, sample 2) emits this at step 3 or earlier
+    out = generate(model, prompts, 12, temperature=0, num_samples=2, stop=stop, details=True)
+    for row in range(4):
+        alone = generate(model, prompts[row // 2], 12, temperature=0, stop=stop, details=True)
+        n = int(alone.lengths[0])
+        assert out.lengths[row].item() == n
+        assert torch.equal(out.sequences[row], alone.sequences[0])
+        assert torch.isfinite(out.logprobs[row, :n]).all()
+        assert (out.new_ids[row, n - 1 :] == stop).all() if n < 12 else True
+    assert out.lengths[1].item() <= 4
