@@ -11,7 +11,7 @@ import sys
 
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from .config import ConfigError, apply_overrides, config_from_dict, load_config
-from .data import DataError, UnknownSymbolError
+from .data import DataError, UnknownSymbolError, is_image_source
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError)
 
@@ -201,7 +201,8 @@ def _generate_parser() -> _Parser:
     series.add_argument("--cond", default=None,
                         help="conditioning: comma-separated values (global), or class:K for class K")
     series.add_argument("--plot", metavar="PNG", default=None,
-                        help="write a plot of prefix, sampled continuations and mean +- 2 std (needs matplotlib)")
+                        help="write a plot of prefix, sampled continuations and mean +- 2 std (needs matplotlib); "
+                             "for an image model, the grid of samples and completions (default RUN_DIR/samples.png)")
     return parser
 
 
@@ -219,6 +220,8 @@ def generate_main(argv: list[str] | None = None) -> int:
     try:
         device = _device(args.device, resolve_device)
         model, tokenizer, config = load_checkpoint(args.checkpoint, device)
+        if is_image_source(config.data.source):
+            return _image_command(args, model, config)
         if tokenizer is None:
             return _series_command(args, model, config)
         for flag in ("series", "prefix", "cond", "plot"):
@@ -380,6 +383,40 @@ def _print_generation_stats(steps, prompt_len: int) -> None:
         line += (f"; {len(later)} tokens x {n}: {n * len(later) / seconds:.1f} tokens/s, {iters:.1f} iterations/token,"
                  f" max residual {worst:.1e}")
     print(line, file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------------------ images
+
+
+def _image_command(args, model, config) -> int:
+    """Sample --num-samples images per class and complete the top halves of 8 test images; write a PNG grid."""
+    from pathlib import Path
+
+    from .data import load_corpus
+    from .images import sample_images, save_image_grid
+
+    for flag, given in {"--score": args.score is not None, "--prompt": args.prompt is not None,
+                        "--prompts": args.prompts is not None, "--stop": args.stop is not None,
+                        "--series": args.series is not None, "--check-equivalence": args.check_equivalence,
+                        "--stream": args.stream}.items():
+        if given:
+            raise UsageError(f"{flag} does not apply to an image model; it writes a grid of samples (--plot PNG)")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("image grids need matplotlib: pip install matplotlib") from None
+    data = load_corpus(config.data.source)
+    checkpoint = Path(args.checkpoint)
+    path = args.plot or str((checkpoint if checkpoint.is_dir() else checkpoint.parent) / "samples.png")
+    result = sample_images(model, data, args.num_samples or 8, 8, args.temperature, args.top_k, args.top_p,
+                           args.seed)
+    classes, per_class = result.samples.shape[:2]
+    save_image_grid(result, path, f"{config.run.name}: temperature {args.temperature:g}, seed {args.seed}")
+    print(f"wrote {path}: {per_class} samples for each of {classes} class{'es' * (classes > 1)} and "
+          f"{len(result.originals)} test images completed from their top {result.given_rows} rows "
+          f"(their bottom halves: {result.bits_per_dim:.3f} bits/dim under the model); start tokens drawn as "
+          f"pixels: {result.start_drawn}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ real-valued series

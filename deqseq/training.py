@@ -21,7 +21,7 @@ import torch.distributed as dist
 from .cells import History
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import Config, ConfigError, ModelConfig, config_to_dict, dump_yaml
-from .data import Corpus, DataError, SeriesBatcher, SeriesData, StreamBatcher, load_corpus
+from .data import Corpus, DataError, ImageData, SeriesBatcher, SeriesData, StreamBatcher, load_corpus
 from .heads import CategoricalHead
 from .model import DEQSequenceModel
 from .progress import Progress
@@ -169,10 +169,21 @@ def evaluate_series(model: DEQSequenceModel, values: torch.Tensor, cond: torch.T
     return {"nll": nll, "nll_per_dim": nll / dims, "bits_per_dim": nll / dims / math.log(2), "steps": count}
 
 
-def _fit_model_to_data(model: ModelConfig, corpus: Corpus | SeriesData, seq_len: int) -> ModelConfig:
+def _fit_model_to_data(model: ModelConfig, corpus: Corpus | SeriesData | ImageData, seq_len: int) -> ModelConfig:
     """The model config with the data's sizes filled in (vocab_size, in_dim, cond_dim, and trained_len =
     seq_len); ConfigError when the model cannot read or predict this data."""
     real_input = model.input in ("linear", "mlp")
+    if isinstance(corpus, ImageData):
+        if real_input or model.head == "mog":
+            raise ConfigError(f"data.source={corpus.spec!r} gives pixel ids; use model.input embedding or onehot "
+                              f"and model.head categorical or dmol, not input={model.input!r}, head={model.head!r}")
+        if model.head == "dmol" and model.levels != corpus.vocab_size:
+            raise ConfigError(f"model.head='dmol' over pixel ids needs model.levels={corpus.vocab_size} (the "
+                              f"{corpus.levels} levels and the start token), got {model.levels}")
+        if model.cond_dim not in (0, corpus.cond_dim):
+            raise ConfigError(f"model.cond_dim={model.cond_dim} does not match the data's {corpus.cond_dim} classes "
+                              f"(cond={corpus.cond_kind})")
+        return replace(model, vocab_size=corpus.vocab_size, cond_dim=corpus.cond_dim, trained_len=seq_len)
     if isinstance(corpus, Corpus):
         if real_input or model.head == "mog":
             raise ConfigError(f"model.input={model.input!r} / model.head={model.head!r} need real-valued data, but "
@@ -220,8 +231,8 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         random.seed(cfg.run.seed)
 
-        self.corpus: Corpus | SeriesData = load_corpus(cfg.data.source, cfg.data.tokenizer)
-        self.series = isinstance(self.corpus, SeriesData)
+        self.corpus: Corpus | SeriesData | ImageData = load_corpus(cfg.data.source, cfg.data.tokenizer)
+        self.series = not isinstance(self.corpus, Corpus)  # independent fixed-length sequences (series, images)
         model_cfg = _fit_model_to_data(cfg.model, self.corpus, cfg.data.seq_len)
         if cfg.data.mem_len and model_cfg.cell == "transformer" and model_cfg.window is None:
             model_cfg = replace(model_cfg, window=cfg.data.mem_len)
@@ -245,7 +256,7 @@ class Trainer:
             if cfg.data.mem_len:
                 raise ConfigError("data.mem_len carries history across segments of one stream; series data is "
                                   "independent sequences, so use data.mem_len=0")
-            self.batcher = SeriesBatcher(self.corpus.train, self.corpus.cond_train, cfg.data.batch_size * self.world,
+            self.batcher = SeriesBatcher(self.corpus.train, self.corpus.cond("train"), cfg.data.batch_size * self.world,
                                          cfg.data.seq_len, seed=cfg.run.seed)
         else:
             self.batcher = StreamBatcher(self.corpus.train, cfg.data.batch_size * self.world, cfg.data.seq_len)
@@ -453,20 +464,32 @@ class Trainer:
             self.tracker.log({"data_entropy_rate": self.corpus.entropy_rate}, self.step)
         if getattr(self.corpus, "nll_bound", None) is not None:  # noisy series: no model beats the noise
             self.tracker.log({"data_nll_bound": self.corpus.nll_bound}, self.step)
+        if isinstance(self.corpus, ImageData):  # what a model of no pixel dependencies reaches
+            self.tracker.log(self._image_baselines(), self.step)
+
+    def _image_baselines(self) -> dict[str, float]:
+        """Test bits/dim of the train split's independent per-pixel marginals, overall and per class."""
+        return {"baseline_marginal_bits_per_dim": self.corpus.marginal_bits_per_dim("test"),
+                "baseline_class_marginal_bits_per_dim": self.corpus.marginal_bits_per_dim("test", by_class=True)}
 
     def _describe(self) -> str:
         """The start line: data, model size, device and where the run goes."""
         c, d = self.cfg, self.cfg.data
         params = sum(p.numel() for p in self.model.parameters())
         if self.series:
-            data = f"{len(self.corpus.train)} training series"
+            data = f"{len(self.corpus.train)} training {'images' if isinstance(self.corpus, ImageData) else 'series'}"
         else:
             data = f"{len(self.corpus.train):,} training {self.corpus.unit}s"
         solver = c.solver
         mode = f"{solver.grad} gradients, {solver.forward.method} tol {solver.forward.tol:g}"
         start = f"resuming at step {self.step}" if self.step else "starting"
-        return (f"{start}: {c.model.cell} DEQ, {params:,} parameters, {mode}; {data} ({d.source}), batches of "
+        line = (f"{start}: {c.model.cell} DEQ, {params:,} parameters, {mode}; {data} ({d.source}), batches of "
                 f"{d.batch_size * self.world} x {d.seq_len}; device {self.device}; run folder {self.run_dir}")
+        if isinstance(self.corpus, ImageData):
+            marginal, by_class = self._image_baselines().values()
+            line += (f"\nbaselines on test: independent per-pixel marginals {marginal:.3f} bits/dim, per class "
+                     f"{by_class:.3f}")
+        return line
 
     def _evaluation_line(self, split: str, values: dict[str, float], batches: int) -> str:
         d = self.cfg.data

@@ -1,8 +1,9 @@
-"""Data: tokenizers, corpora (stdlib, text, WikiText-103, PTB, enwik8, synthetic Markov), stream batching, and
-real-valued series (random Fourier) with their batching."""
+"""Data: tokenizers, corpora (stdlib, text, WikiText-103, PTB, enwik8, synthetic Markov), stream batching,
+real-valued series (random Fourier) with their batching, and small images (8x8 digits) as pixel sequences."""
 
 from .batching import StreamBatcher
 from .corpus import SPLITS, Corpus, split_by_position, split_sizes
+from .digits import ImageData, is_image_source, load_digits_images
 from .errors import DataError, UnknownSymbolError
 from .markov import MarkovChain
 from .series import SeriesBatcher, SeriesData
@@ -28,6 +29,7 @@ __all__ = [
     "Corpus",
     "DataError",
     "IdTokenizer",
+    "ImageData",
     "MarkovChain",
     "SeriesBatcher",
     "SeriesData",
@@ -36,7 +38,9 @@ __all__ = [
     "UnknownSymbolError",
     "WordTokenizer",
     "assign_splits",
+    "is_image_source",
     "load_corpus",
+    "load_digits_images",
     "read_stdlib",
     "split_by_position",
     "split_of",

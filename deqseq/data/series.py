@@ -245,7 +245,8 @@ def fourier_series(
 
 
 class SeriesBatcher(ResumableBatches):
-    """Batches {"x": (B, L, I), "t": (B, L, I)[, "c": cond rows]} of whole series, t being x shifted by one step.
+    """Batches {"x": (B, L, I), "t": (B, L, I)[, "c": cond rows]} of whole series (or (B, L) ids of fixed-length
+    id sequences such as images), t being x shifted by one step.
 
     Each pass visits every series once, in a fresh permutation per pass with shuffle (drawn from a torch.Generator
     seeded with seed * 1_000_003 + epoch, so it depends only on the seed and the pass), in order without. A batch
@@ -268,8 +269,9 @@ class SeriesBatcher(ResumableBatches):
         shuffle: bool = True,
         drop_last: bool = True,
     ):
-        if values.dim() != 3:
-            raise ValueError(f"SeriesBatcher needs (N, length, in_dim) values, got shape {tuple(values.shape)}")
+        if not (values.dim() == 3 or (values.dim() == 2 and not values.dtype.is_floating_point)):
+            raise ValueError(f"SeriesBatcher needs (N, length, in_dim) values or (N, length) ids, got shape "
+                             f"{tuple(values.shape)}")
         if cond is not None and (cond.dim() not in (1, 2) or len(cond) != len(values)):
             raise ValueError(f"cond of shape {tuple(cond.shape)} does not match {len(values)} series: need (N,) "
                              f"or (N, C)")

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .corpus import SPLITS, Corpus, split_by_position, split_sizes
+from .digits import ImageData, load_digits_images
 from .errors import DataError
 from .markov import MarkovChain
 from .series import MAX_SERIES_VALUES, SeriesData, fourier_series, parse_cond, parse_periods
@@ -30,6 +31,7 @@ SCHEMES = {
     "enwik8": "enwik8:PATH",
     "markov": "markov:order=2,vocab=16,seed=0,length=200000[,concentration=0.5]",
     "fourier": "fourier:series=2000,length=129,terms=3,periods=8-32,noise=0.05,seed=0,cond=none",
+    "digits": "digits:seed=0,cond=class",
 }
 # The tokenizers each scheme accepts; the first is its default. An empty tuple: real-valued data, no tokenizer.
 SCHEME_TOKENIZERS = {
@@ -40,6 +42,7 @@ SCHEME_TOKENIZERS = {
     "enwik8": ("byte",),
     "markov": ("id",),
     "fourier": (),
+    "digits": (),
 }
 SPLIT_FILES = {
     "wikitext103": {"train": "wiki.train.tokens", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"},
@@ -99,6 +102,12 @@ def _nonnegative_float(value: str) -> float:
     return number
 
 
+def _image_cond(value: str) -> str:
+    if value not in ("class", "none"):
+        raise ValueError(value)
+    return value
+
+
 _RULES: dict[Callable[[str], Any], str] = {
     _positive_int: "an integer >= 1",
     _nonnegative_int: "an integer >= 0",
@@ -106,6 +115,7 @@ _RULES: dict[Callable[[str], Any], str] = {
     _nonnegative_float: "a finite number >= 0",
     parse_periods: "A-B (a range, 0 < A <= B) or A/B/C (distinct numbers > 0)",
     parse_cond: "one of none, period, class",
+    _image_cond: "one of class, none",
 }
 
 
@@ -320,6 +330,11 @@ def _load_fourier(spec: str, options: str, tok_name: str | None, max_vocab: int 
     return fourier_series(**opts, spec=spec)
 
 
+def _load_digits(spec: str, options: str, tok_name: str | None, max_vocab: int | None, min_count: int) -> ImageData:
+    opts = _parse_options(spec, "digits", options, {"seed": (_nonnegative_int, 0), "cond": (_image_cond, "class")})
+    return load_digits_images(**opts, spec=spec)
+
+
 def _corpus(spec: str, ids: dict[str, Tensor], tok: Tokenizer, description: str, entropy: float | None = None):
     return Corpus(ids["train"], ids["valid"], ids["test"], tok, tok.unit, entropy, spec, description)
 
@@ -332,12 +347,13 @@ _LOADERS = {
     "enwik8": _load_enwik8,
     "markov": _load_markov,
     "fourier": _load_fourier,
+    "digits": _load_digits,
 }
 
 
 def load_corpus(
     spec: str = "stdlib", tokenizer_name: str | None = None, *, max_vocab: int | None = None, min_count: int = 1
-) -> Corpus | SeriesData:
+) -> Corpus | SeriesData | ImageData:
     """Load the corpus a spec names (see SCHEMES), tokenized with tokenizer_name or the scheme's default.
 
     - `stdlib[:max_bytes=N]`: this interpreter's standard library .py files (no tests, IDLE or site-packages,
@@ -351,6 +367,8 @@ def load_corpus(
       real-valued random Fourier series, returned as a SeriesData (not a Corpus; no tokenizer, so
       tokenizer_name must be None), split 90/5/5 by series; periods is a range A-B or a set A/B/C, and cond is
       none, period (P / max period) or class (index in the set; needs a set). nll_bound is the noise entropy.
+    - `digits:seed=0,cond=class`: scikit-learn's 8x8 digits as ImageData (64 pixel ids of 17 levels behind a
+      start token, class labels as conditioning unless cond=none), shuffled with seed and split 90/5/5.
 
     A bad spec raises DataError with one line naming the problem and the allowed specs.
     """
@@ -360,7 +378,8 @@ def load_corpus(
     allowed = SCHEME_TOKENIZERS[scheme]
     if not allowed:
         if tokenizer_name is not None:
-            raise DataError(f"{scheme} data is real-valued and takes no tokenizer; got tokenizer {tokenizer_name!r} "
+            kind = "real-valued" if scheme == "fourier" else "pixel levels"
+            raise DataError(f"{scheme} data is {kind} and takes no tokenizer; got tokenizer {tokenizer_name!r} "
                             f"(leave it unset)")
         return _LOADERS[scheme](spec, options.strip(), None, max_vocab, min_count)
     tok_name = allowed[0] if tokenizer_name is None else tokenizer_name
