@@ -118,13 +118,13 @@ def save_image_grid(result: ImageSamples, path: str, title: str = "") -> None:
         panels.append((_mosaic(pairs), "test images (top) and completions (below each red line sampled)"))
     heights = [p.shape[0] for p, _ in panels]
     width = max(p.shape[1] for p, _ in panels)
-    fig, axes = plt.subplots(len(panels), 1, figsize=(width / 9 + 0.4, sum(heights) / 9 + 0.9), dpi=150,
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width / 14 + 0.4, sum(heights) / 14 + 0.6), dpi=150,
+                             gridspec_kw={"height_ratios": heights}, squeeze=False, layout="constrained")
     cmap = matplotlib.colormaps["gray_r"].with_extremes(bad="white")
     vmax = float(max(result.samples.max(), result.originals.max() if k else 1, 1))
-    for ax, (image, name) in zip(axes[:, 0], panels, strict=True):
+    for i, (ax, (image, name)) in enumerate(zip(axes[:, 0], panels, strict=True)):
         ax.imshow(image.numpy(), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
-        ax.set_title(name, fontsize=7)
+        ax.set_title(f"{title}\n{name}" if title and i == 0 else name, fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
         if classes > 1 and name.startswith("samples"):
@@ -134,7 +134,5 @@ def save_image_grid(result: ImageSamples, path: str, title: str = "") -> None:
         line = h + 1 + result.given_rows - 0.5
         for i in range(k):
             axes[1, 0].plot([i * (w + 1) - 0.5, i * (w + 1) + w - 0.5], [line, line], color="red", lw=0.8)
-    if title:
-        fig.suptitle(title, fontsize=8)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
