@@ -252,7 +252,8 @@ class RunConfig:
     device:  "auto" (CUDA when present, else CPU) | "cpu" | "cuda" | "cuda:N".
     dtype:   parameter and state dtype, "float32" | "float64".
     compile: wrap the model in torch.compile.
-    amp:     "auto" (bf16 autocast on CUDA, off elsewhere) | "bf16" | "off"; autocast is only ever used on CUDA.
+    amp:     "auto" (bf16 autocast of the training step on CUDA, off elsewhere) | "bf16" (on any device, CPU
+             included; solver state stays float32) | "off". Evaluation and generation run in the model's dtype.
     threads: CPU threads for torch (None: the usable cores minus one, at least one). Measured on 2 cores with the
              default model: 2 threads alone 62 ms/step, 1 thread 78; next to one busy process 177 against 78, and
              two runs side by side 250 against 85 each: spinning threads that lose their core degrade badly.

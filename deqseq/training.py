@@ -244,7 +244,8 @@ class Trainer:
             # graphs only allow without donated buffers.
             torch._functorch.config.donated_buffer = False
             self.model.deq.cell.forward = torch.compile(self.model.deq.cell.forward, dynamic=True)
-        self.autocast = self.device.type == "cuda" and cfg.run.amp in ("auto", "bf16")
+        # bf16 autocast of the training step: asked for (any device, CPU included), or by default on CUDA.
+        self.autocast = cfg.run.amp == "bf16" or (cfg.run.amp == "auto" and self.device.type == "cuda")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                                            weight_decay=cfg.train.weight_decay)
         t = cfg.train
@@ -392,7 +393,7 @@ class Trainer:
             batch["history"] = self.history
         self.optimizer.zero_grad(set_to_none=True)
         adversarial = self.adversarial is not None and not pretraining
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             loss, metrics, out = self.model.loss(batch, with_output=True)
             if adversarial:  # the discriminator scores the model's relaxed next-token predictions
                 adv_loss, adv_metrics = self.adversarial.generator_loss(out.params, batch["t"])

@@ -26,6 +26,12 @@ def system_layout(shape: torch.Size, batch_dims: int) -> tuple[int, int]:
     return math.prod(shape[:batch_dims]), math.prod(shape[batch_dims:])
 
 
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a solver keeps its state in: float32 for 16-bit floats (whose 8 or 11 mantissa bits cannot
+    carry residuals, Gram matrices or Broyden updates), else the given dtype."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 def _method(cfg: SolverConfig, x: Tensor) -> Broyden | Anderson | Picard:
     if cfg.method == "broyden":
         return Broyden(x, cfg.window, cfg.memory_policy, full_steps=not cfg.line_search)
@@ -70,6 +76,10 @@ def solve(f: Fn, z0: Tensor, cfg: SolverConfig, batch_dims: int = 1,
     systems depend on each other along the last system dim ("independent", "causal" for f that is
     causal along it, "anticausal", "full"), which decides when a converged system may freeze.
     Returns the best (independent) or last (coupled) finite iterate of every system and its stats.
+
+    Mixed precision: the solver's state (iterates, residuals, method memory) is float32 when z0 is a 16-bit
+    float, f is called with z0's dtype, and f's output (bf16 under autocast) is read in the state's dtype; the
+    result has z0's dtype.
     """
     systems, size = system_layout(z0.shape, batch_dims)
     system_shape = z0.shape[:batch_dims]
@@ -78,10 +88,12 @@ def solve(f: Fn, z0: Tensor, cfg: SolverConfig, batch_dims: int = 1,
     if cfg.is_peer:
         return solve_with_peer(f, z0, cfg, batch_dims)
 
-    def f_flat(x: Tensor) -> Tensor:
-        return f(x.view(z0.shape)).reshape(systems, size)
+    work = working_dtype(z0.dtype)
 
-    x = z0.detach().reshape(systems, size)
+    def f_flat(x: Tensor) -> Tensor:
+        return f(x.view(z0.shape).to(z0.dtype)).reshape(systems, size).to(work)
+
+    x = z0.detach().reshape(systems, size).to(work)
     mon = Monitor(x, cfg, system_shape, coupling)
     x, g = mon.observe(x, f_flat(x), stepped=False)
     method = _method(cfg, x)
@@ -96,4 +108,4 @@ def solve(f: Fn, z0: Tensor, cfg: SolverConfig, batch_dims: int = 1,
         x_new, g_new = mon.observe(x_new, fx_new, stepped=True)
         method.record(dx, g_new - g, g_new)  # a failed system's reset is not a step: it is frozen anyway
         x, g = x_new, g_new
-    return mon.best_x.view(z0.shape), _stats(mon, cfg, system_shape)
+    return mon.best_x.view(z0.shape).to(z0.dtype), _stats(mon, cfg, system_shape)
