@@ -351,23 +351,26 @@ def _stop_cut(tokenizer, prompt: list[int], new: list[int], stops: list[str]) ->
 
 CHECK_MAX_ITER = 200
 CHECK_TIGHTEN = 100.0  # the check also re-solves at tolerance / this, to show the differences shrink with it
+CHECK_STARTS = 3  # random starts of the sequence-level solve (at the tighter tolerance), which must all agree
 
 
 def _check(model, ids, check_equivalence, cond=None, mem_len: int | str | None = "auto") -> int:
     """Run the equivalence check with a larger iteration budget than training's (the check is about whether
-    the solves agree at the tolerance, so each must get there), print its table; 0 if ok, else 1."""
+    the solves agree at the tolerance, so each must get there), print its summaries and table; 0 if ok, else 1."""
     from dataclasses import replace
 
     saved = model.settings
     budget = max(saved.forward.max_iter, CHECK_MAX_ITER)
     model.settings = replace(saved, forward=replace(saved.forward, max_iter=budget))
     try:
-        report = check_equivalence(model, ids, cond=cond, mem_len=mem_len, tighten=CHECK_TIGHTEN)
+        report = check_equivalence(model, ids, cond=cond, mem_len=mem_len, tighten=CHECK_TIGHTEN,
+                                   starts=CHECK_STARTS)
     finally:
         model.settings = saved
     print(f"equivalence check (solver {saved.forward.method}, tol {saved.forward.tol:g} and "
-          f"{saved.forward.tol / CHECK_TIGHTEN:g}, up to {budget} iterations; state diffs and bounds are per-sequence "
-          "2-norms):")
+          f"{saved.forward.tol / CHECK_TIGHTEN:g}, up to {budget} iterations; {CHECK_STARTS} random starts at the "
+          "tighter tolerance; rho_t: contraction of each position's map against the frozen history; state diffs and "
+          "bounds are per-sequence 2-norms):")
     print(report)
     return 0 if report.ok else 1
 
