@@ -6,6 +6,7 @@ from .config import ModelConfig, SolverSettings
 from .deq import DEQLayer, DEQOutput
 from .equivalence import EquivalenceReport, check_equivalence
 from .generation import Generation, TokenStep, generate, stream
+from .layout import NextTokenLayout
 from .model import DEQSequenceModel, ModelOutput
 from .sampling import SamplingConfig
 from .scoring import Score, score
@@ -18,6 +19,7 @@ __all__ = [
     "Generation",
     "ModelConfig",
     "ModelOutput",
+    "NextTokenLayout",
     "SamplingConfig",
     "Score",
     "SolverSettings",

@@ -40,33 +40,12 @@ from solvers import SolverConfig
 from .cells import TransformerCell, TransformerContext, TransformerHistory, rope_tables
 from .config import SolverSettings
 from .deq import DEQLayer
+from .layout import concat_layout, layout_positions, next_token_mask
 
 # The cell's state -> q/k/v weights start scaled by this factor. With PyTorch's default initialisation the random
 # map does not contract (d_model=64, T=64: Anderson at tol 1e-4 reaches 0-90% of positions in 30 iterations; Picard
 # diverges); scaled by 0.2 every position converges in 10-12 iterations (6 seeds, both solves).
 STATE_INIT_GAIN = 0.2
-
-
-def next_token_mask(T: int, device: torch.device | str | None = None) -> Tensor:
-    """Bool attention mask (2T, 2T) of the discriminator layout, True = may attend.
-
-    Rows/columns 0..T-1 (init, prev_0..prev_{T-2}) are causal over themselves; row T+i (prediction i) sees
-    columns 0..i and T+i only.
-    """
-    if T < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
-    idx = torch.arange(T, device=device)
-    first = idx[None, :] <= idx[:, None]  # (T, T) causal
-    mask = torch.zeros(2 * T, 2 * T, dtype=torch.bool, device=device)
-    mask[:T, :T] = first
-    mask[T:, :T] = first  # prediction i sees init and prev_0..prev_{i-1}: first-half columns 0..i
-    mask[T:, T:] = torch.eye(T, dtype=torch.bool, device=device)
-    return mask
-
-
-def layout_positions(T: int, device: torch.device | str | None = None) -> Tensor:
-    """Position ids (2T,) of the layout: first-half position j -> j, prediction i -> i+1 (the token it stands for)."""
-    return torch.cat([torch.arange(T, device=device), torch.arange(1, T + 1, device=device)])
 
 
 def default_discriminator_settings() -> SolverSettings:
@@ -159,11 +138,9 @@ class NextTokenDiscriminator(nn.Module):
                 f"prev and curr must both have shape (B, T, {self.emb_dim}), "
                 f"got {tuple(prev.shape)} and {tuple(curr.shape)}"
             )
-        B, T, C = prev.shape
-        if not 1 <= T <= self.max_len:
-            raise ValueError(f"sequence length T={T} must be in [1, max_len={self.max_len}]")
-        init = self.init.to(prev.dtype).expand(B, 1, C)
-        return torch.cat([init, prev[:, :-1], curr.to(prev.dtype)], dim=1)
+        if not 1 <= prev.shape[1] <= self.max_len:
+            raise ValueError(f"sequence length T={prev.shape[1]} must be in [1, max_len={self.max_len}]")
+        return concat_layout(self.init, prev, curr)
 
     def states(self, prev: Tensor, curr: Tensor) -> Tensor:
         """The DEQ equilibrium (B, 2T, d_model) of the layout of prev and curr (B, T, C)."""
