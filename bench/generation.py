@@ -10,6 +10,9 @@ For total lengths L (prompt + generated, default 64, 256, 1024), greedy decoding
 (a) and (b) must emit the same tokens; the benchmark reports mismatches. Writes JSON and prints a table.
 
     python bench/generation.py [--threads 2] [--lengths 64 256 1024] [--new 16] [--checkpoint RUN/last.pt]
+                               [--device cpu|cuda]
+
+Per-token times are wall times between consecutive tokens, with the device synchronised before each reading.
 """
 
 from __future__ import annotations
@@ -31,12 +34,34 @@ from deqseq.cells.transformer import TransformerHistory  # noqa: E402
 from solvers import SolverConfig  # noqa: E402
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall-clock reading covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cached_decode(model: DEQSequenceModel, prompt: torch.Tensor, new: int) -> tuple[list, list[float]]:
+    """deqseq.stream's greedy steps and the per-token seconds between consecutive steps (the first entry is
+    the prompt's prefill plus the first token)."""
+    steps, seconds = [], []
+    sync(prompt.device)
+    start = time.perf_counter()
+    for step in stream(model, prompt, new, temperature=0):
+        sync(prompt.device)
+        now = time.perf_counter()
+        steps.append(step)
+        seconds.append(now - start)
+        start = now
+    return steps, seconds
+
+
 def naive_decode(model: DEQSequenceModel, prompt: torch.Tensor, new: int) -> tuple[torch.Tensor, list[float]]:
     """Greedy tokens and per-token seconds, re-solving every prefix from scratch."""
     ids, seconds = prompt, []
     for _ in range(new):
         start = time.perf_counter()
         token = model(ids).logits[:, -1].argmax(-1, keepdim=True)
+        sync(ids.device)
         seconds.append(time.perf_counter() - start)
         ids = torch.cat([ids, token], dim=1)
     return ids[:, prompt.shape[1]:], seconds
@@ -50,8 +75,9 @@ def explicit_decode(model: DEQSequenceModel, prompt: torch.Tensor, new: int, lay
     B, P = prompt.shape
     capacity = P + new
     shape = (B, cell.n_heads, capacity, cell.head_dim)
-    caches = [(torch.zeros(shape), torch.zeros(shape)) for _ in range(layers)]
-    z = torch.zeros(B, P, cell.state_dim)
+    device = prompt.device
+    caches = [(torch.zeros(shape, device=device), torch.zeros(shape, device=device)) for _ in range(layers)]
+    z = torch.zeros(B, P, cell.state_dim, device=device)
     ctx = cell.prepare(model.embed(prompt))
     for k_buf, v_buf in caches:  # layer k's cache holds the keys/values of layer k's input states
         frozen = cell.extend_history(ctx, z)
@@ -63,7 +89,7 @@ def explicit_decode(model: DEQSequenceModel, prompt: torch.Tensor, new: int, lay
         start = time.perf_counter()
         length = P + i  # cached positions
         x = model.embed(token)
-        h = torch.zeros(B, 1, cell.state_dim)
+        h = torch.zeros(B, 1, cell.state_dim, device=device)
         shared = None
         for k_buf, v_buf in caches:
             history = TransformerHistory(offset=length, k=k_buf[:, :, :length], v=v_buf[:, :, :length])
@@ -74,6 +100,7 @@ def explicit_decode(model: DEQSequenceModel, prompt: torch.Tensor, new: int, lay
             ctx = replace(shared, history=history, kv_buffer=(k_buf[:, :, : length + 1], v_buf[:, :, : length + 1]))
             h = cell(h, ctx)
         token = model.head(cell.readout(h)).argmax(-1)
+        sync(device)
         seconds.append(time.perf_counter() - start)
     return seconds
 
@@ -95,19 +122,23 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--new", type=int, default=16, help="generated (timed) tokens per length")
     parser.add_argument("--checkpoint", default=None, help="benchmark a trained model instead of a random one")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--out", default="bench/results/generation.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     model, described = build_model(args.checkpoint)
+    model = model.to(device)
     vocab = model.config.vocab_size
     rows = []
     with torch.no_grad():
         for length in args.lengths:
             prompt = torch.randint(0, vocab, (1, length - args.new), generator=torch.Generator().manual_seed(length))
+            prompt = prompt.to(device)
             list(stream(model, prompt[:, :8], 4, temperature=0))  # warm-up
-            steps = list(stream(model, prompt, args.new, temperature=0))
+            steps, seconds = cached_decode(model, prompt, args.new)
             cached_ids = torch.stack([s.ids for s in steps], dim=1)
-            cached = [s.seconds for s in steps[1:]]  # steps[0] is the prompt's prefill
+            cached = seconds[1:]  # seconds[0] is the prompt's prefill
             iters = statistics.mean(s.iterations.float().mean().item() for s in steps[1:])
             naive_ids, naive = naive_decode(model, prompt, args.new)
             evals = max(1, round(iters + 1))
@@ -128,14 +159,15 @@ def main() -> None:
             row["explicit_over_cached"] = row["explicit_tok_s"] / row["cached_tok_s"]
             row["explicit_iters_over_cached"] = row["explicit_iters_tok_s"] / row["cached_tok_s"]
             rows.append(row)
-    print(f"model: {described}, {args.threads} threads, greedy, median over {args.new - 1} tokens")
+    print(f"model: {described}, {device}, {args.threads} threads, greedy, median over {args.new - 1} tokens")
     print(f"{'L':>6}{'cached tok/s':>14}{'naive tok/s':>13}{'speedup':>9}{'explicit tok/s':>16}{'K':>3}"
           f"{'slowdown':>10}{'K=iters':>9}{'iters/tok':>11}{'mismatch':>10}")
     for r in rows:
         print(f"{r['length']:>6}{r['cached_tok_s']:>14.1f}{r['naive_tok_s']:>13.2f}{r['speedup_vs_naive']:>8.1f}x"
               f"{r['explicit_tok_s']:>16.1f}{r['explicit_layers']:>3}{r['explicit_over_cached']:>9.2f}x"
               f"{r['explicit_iters_over_cached']:>8.2f}x{r['iters_per_token']:>11.2f}{r['token_mismatches_vs_naive']:>10}")
-    write_json(args.out, {"threads": args.threads, "torch": torch.__version__, "model": described, "rows": rows})
+    write_json(args.out, {"threads": args.threads, "device": str(device), "torch": torch.__version__,
+                          "model": described, "rows": rows})
 
 
 if __name__ == "__main__":
