@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -52,12 +53,78 @@ def causal_window_mask(offset: int, hist_len: int, length: int, window: int | No
     return mask
 
 
-@dataclass
-class TransformerHistory(History):
-    """Rotated keys and values (B, n_heads, L, head_dim) of the last L frozen positions (L <= window)."""
+# Smallest number of rows a key/value store is allocated with (a store holds at least twice what it must).
+MIN_STORE_ROWS = 64
+
+
+@dataclass(eq=False)
+class KVStore:
+    """Preallocated key/value rows (B, n_heads, capacity, head_dim) that successive histories of one decoding
+    branch are views into, so that a new position costs no copy of the history.
+
+    frontier: rows [0, frontier) are written or claimed. A solve from a history that ends at the frontier
+    claims the next rows and writes them in place; a solve from any other history (an older one, or a second
+    branch of the same one) cannot, since those rows may already belong to another history, and copies its
+    history into a new store. Used only without autograd: autograd may save a view that a later in-place
+    write would invalidate.
+    """
 
     k: Tensor
     v: Tensor
+    frontier: int
+
+    @property
+    def capacity(self) -> int:
+        """Rows allocated."""
+        return self.k.shape[2]
+
+
+@dataclass
+class TransformerHistory(History):
+    """Rotated keys and values (B, n_heads, L, head_dim) of the last L frozen positions (L <= window).
+
+    store/start: when k and v are the rows start .. start+L-1 of a KVStore (decoding without autograd), the
+    store, so that the next solve can append in place; None otherwise. `detach` keeps the store (its views
+    share the storage); `select` copies into new tensors and drops it.
+    """
+
+    k: Tensor
+    v: Tensor
+    store: KVStore | None = field(default=None, repr=False, compare=False)
+    start: int = 0
+
+    def select(self, index: Tensor) -> TransformerHistory:
+        """A copy keeping the batch entries `index` in that order, in new tensors (no store)."""
+        return dataclasses.replace(super().select(index), store=None, start=0)
+
+    def _views(self, store: KVStore) -> bool:
+        """Whether k and v are still the store's rows from `start` (code may have replaced them)."""
+        def at_start(t: Tensor, buf: Tensor) -> bool:
+            return (t.data_ptr() == buf.data_ptr() + self.start * buf.stride(2) * buf.element_size()
+                    and t.stride() == buf.stride())
+
+        return at_start(self.k, store.k) and at_start(self.v, store.v)
+
+    def claim(self, new_rows: int) -> tuple[KVStore, int]:
+        """A store whose rows start .. start+L+new_rows-1 hold this history followed by new_rows free rows that
+        the caller may write, and that start; the rows are claimed (the frontier moves past them).
+
+        In place when this history ends at its store's frontier and the store has room; otherwise the L rows
+        are copied into a new store with room for at least as many again (amortised O(1) copies per position,
+        and for windowed histories a compaction).
+        """
+        L = self.k.shape[2]
+        store, start = self.store, self.start
+        if (store is None or store.frontier != start + L or start + L + new_rows > store.capacity
+                or not self._views(store)):
+            B, H, _, D = self.k.shape
+            rows = max(2 * (L + new_rows), MIN_STORE_ROWS)
+            store = KVStore(self.k.new_empty(B, H, rows, D), self.v.new_empty(B, H, rows, D), frontier=L)
+            store.k[:, :, :L] = self.k
+            store.v[:, :, :L] = self.v
+            start = 0
+        store.frontier = start + L + new_rows
+        return store, start
 
 
 @dataclass
@@ -75,6 +142,8 @@ class TransformerContext(Context):
     # solver iterations without autograd overwrite the last T rows in place instead of concatenating the
     # whole history again (an O(L) copy per iteration).
     kv_buffer: tuple[Tensor, Tensor] | None = None
+    # When kv_buffer is rows start .. start+L+T-1 of a store (prepared without autograd): the store and start.
+    kv_store: tuple[KVStore, int] | None = None
 
 
 class TransformerCell(Cell):
@@ -180,8 +249,11 @@ class TransformerCell(Cell):
         if self.training and self.dropout > 0:
             attn_drop = variational_mask((B, 1, self.d_model), self.dropout, x)
             ff_drop = variational_mask((B, 1, self.d_ff), self.dropout, x)
-        kv_buffer = None
-        if L > 0:
+        kv_buffer = kv_store = None
+        if L > 0 and not torch.is_grad_enabled():  # decoding: append to a store, copy nothing per position
+            store, start = kv_store = history.claim(T)
+            kv_buffer = (store.k[:, :, start : start + L + T], store.v[:, :, start : start + L + T])
+        elif L > 0:
             shape = (B, self.n_heads, L + T, self.head_dim)
             kv_buffer = (history.k.new_empty(shape), history.v.new_empty(shape))
             kv_buffer[0][:, :, :L] = history.k
@@ -197,6 +269,7 @@ class TransformerCell(Cell):
             attn_drop=attn_drop,
             ff_drop=ff_drop,
             kv_buffer=kv_buffer,
+            kv_store=kv_store,
         )
 
     def _heads(self, t: Tensor) -> Tensor:
@@ -255,9 +328,12 @@ class TransformerCell(Cell):
         kv = F.linear(a, self.qkv.weight[D:]) + ctx.u[..., D:]  # ctx.u includes the qkv bias
         k, v = kv.split(D, dim=-1)
         k, v = self._with_history(ctx, apply_rope(self._heads(k), ctx.cos, ctx.sin), self._heads(v).contiguous())
+        in_store = ctx.kv_store is not None and ctx.kv_buffer is not None and not torch.is_grad_enabled()
         ctx.kv_buffer = None  # the buffer now belongs to the returned history: later solves must not write it
         self.kv_projections += T
-        if ctx.window is not None:
-            keep = min(k.shape[2], ctx.window)
-            k, v = k[:, :, k.shape[2] - keep :], v[:, :, v.shape[2] - keep :]
+        drop = 0 if ctx.window is None else max(0, k.shape[2] - ctx.window)
+        k, v = k[:, :, drop:], v[:, :, drop:]
+        if in_store:  # k and v are rows of the store: the next solve can append after them in place
+            store, start = ctx.kv_store
+            return TransformerHistory(offset=ctx.history.offset + T, k=k, v=v, store=store, start=start + drop)
         return TransformerHistory(offset=ctx.history.offset + T, k=k, v=v)

@@ -1,0 +1,112 @@
+"""The transformer's capacity-backed key/value store: decoding appends in place (no O(L) copy per token), with
+results bit-for-bit equal to copying the history, and branching or fan-out never writes another branch's rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deqseq import DEQSequenceModel, ModelConfig, SolverSettings
+from deqseq.cells.transformer import MIN_STORE_ROWS, TransformerHistory
+from solvers import SolverConfig
+
+VOCAB = 11
+
+
+def make_model(window: int | None = None) -> DEQSequenceModel:
+    torch.manual_seed(0)
+    cfg = SolverConfig(method="anderson", max_iter=40, tol=1e-8)
+    config = ModelConfig(vocab_size=VOCAB, cell="transformer", d_model=16, n_heads=2, d_ff=32, window=window)
+    return DEQSequenceModel(config, SolverSettings(forward=cfg, backward=cfg)).double().eval()
+
+
+def copied(history: TransformerHistory) -> TransformerHistory:
+    """The same history in fresh tensors, not backed by any store (the copy path)."""
+    return TransformerHistory(offset=history.offset, k=history.k.clone(), v=history.v.clone())
+
+
+def decode(model: DEQSequenceModel, ids: torch.Tensor, prefix: int, use_store: bool):
+    """Logits and histories of solving ids[:, prefix:] one position at a time after a prefill of the prefix."""
+    with torch.no_grad():
+        out = model(ids[:, :prefix])
+        history, logits, histories = out.history, [], []
+        for t in range(prefix, ids.shape[1]):
+            out = model(ids[:, t : t + 1], history=history if use_store else copied(history))
+            history = out.history
+            logits.append(out.logits)
+            histories.append(history)
+    return torch.cat(logits, dim=1), histories
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_decoding_through_the_store_equals_copying_the_history_bit_for_bit(window):
+    model = make_model(window)
+    ids = torch.randint(0, VOCAB, (2, 150), generator=torch.Generator().manual_seed(1))
+    stored, histories = decode(model, ids, 10, use_store=True)
+    plain, _ = decode(model, ids, 10, use_store=False)
+    assert torch.equal(stored, plain)
+    stores = {id(h.store) for h in histories}
+    assert all(h.store is not None for h in histories)
+    if window is None:
+        # geometric growth: rows 64, then 2 x the history each time it fills (140 positions -> 3 stores)
+        assert len(stores) <= 3 and histories[-1].store.capacity >= histories[-1].k.shape[2]
+        assert histories[0].store.capacity == max(MIN_STORE_ROWS, 2 * 11)
+    else:
+        # a window keeps the store's size fixed; a full store is compacted into a new one every ~59 tokens
+        assert {h.store.capacity for h in histories} == {MIN_STORE_ROWS} and len(stores) <= 3
+        assert all(h.k.shape[2] == 5 for h in histories[5:])
+    for h in histories[-3:]:  # every history is a view of its store's rows start .. start+L-1
+        assert torch.equal(h.k, h.store.k[:, :, h.start : h.start + h.k.shape[2]])
+
+
+def test_branches_from_one_history_never_share_rows():
+    model = make_model()
+    ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        root = model(ids[:, :12]).history
+        first = model(ids[:, 12:13], history=root)  # claims the rows after the root's in a new store
+        a = model(ids[:, 13:14], history=first.history)  # appends in place
+        b = model(torch.tensor([[3]]), history=first.history)  # a second branch of `first`: copies instead
+        a2 = model(ids[:, 14:15], history=a.history)  # `a` continues in place after `b` took its copy
+        again = model(ids[:, 12:13], history=root)  # an older history again: copies
+        ref = model(ids[:, :15])
+        ref_b = model(torch.cat([ids[:, :13], torch.tensor([[3]])], dim=1))
+    assert a.history.store is first.history.store and b.history.store is not first.history.store
+    assert a2.history.store is a.history.store and again.history.store is not first.history.store
+    torch.testing.assert_close(a2.logits[:, -1], ref.logits[:, -1], rtol=0, atol=1e-7)
+    torch.testing.assert_close(b.logits[:, -1], ref_b.logits[:, -1], rtol=0, atol=1e-7)
+    torch.testing.assert_close(again.logits, first.logits, rtol=0, atol=0)
+    torch.testing.assert_close(a2.history.k[:, :, :13], first.history.k, rtol=0, atol=0)
+
+
+def test_fan_out_leaves_the_store_and_detach_keeps_it():
+    model = make_model()
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        h = model(ids[:, 15:16], history=model(ids[:, :15]).history).history
+    assert h.store is not None
+    fanned, detached = h.select(torch.tensor([0, 0, 1])), h.detach()
+    assert fanned.store is None and detached.store is h.store and detached.start == h.start
+    assert torch.equal(fanned.k, h.k[[0, 0, 1]])
+
+
+def test_no_store_under_autograd():
+    """Training solves with autograd on: autograd may save history views, so nothing is written in place."""
+    model = make_model().train()
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(4))
+    history = model(ids[:, :6]).history.detach()
+    out = model(ids[:, 6:], history=history)
+    assert out.history.store is None
+    out.logits.sum().backward()
+
+
+def test_a_history_whose_tensors_were_replaced_is_copied_not_read_from_the_store():
+    model = make_model()
+    ids = torch.randint(0, VOCAB, (1, 14), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        h = model(ids[:, 12:13], history=model(ids[:, :12]).history).history
+        h.k = h.k + 1e-3  # what a user or a test may do: the store's rows no longer hold k
+        out = model(ids[:, 13:14], history=h)
+        ref = model(ids[:, 13:14], history=copied(h))
+    assert out.history.store is not h.store
+    assert torch.equal(out.logits, ref.logits)
