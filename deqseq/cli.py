@@ -447,7 +447,9 @@ def _series_prompt(args, width: int):
     """The observed prefix (P, width) parsed from --prompt VALUES|@FILE|-."""
     import torch
 
-    rows = _numbers(_read_text(args.prompt, "prompt"), "--prompt")
+    if len(args.prompt) > 1:
+        raise UsageError("a series checkpoint takes one --prompt (one observed series); several are not supported")
+    rows = _numbers(_read_text(args.prompt[0], "prompt"), "--prompt")
     if width == 1 and len(rows) == 1:
         rows = [[v] for v in rows[0]]  # one line of values: one value per step
     if any(len(r) != width for r in rows):
@@ -502,7 +504,8 @@ def _series_command(args, model, config) -> int:
     from .forecast import continue_series, plot_continuation
 
     token_only = {"--score": args.score is not None, "--top-k": args.top_k is not None, "--top-p": args.top_p != 1,
-                  "--repetition-penalty": args.repetition_penalty != 1, "--stream": args.stream}
+                  "--repetition-penalty": args.repetition_penalty != 1, "--stream": args.stream,
+                  "--prompts": args.prompts is not None, "--stop": args.stop is not None}
     for flag, given in token_only.items():
         if given:
             raise UsageError(f"{flag} applies to token models; this checkpoint models real-valued series")

@@ -134,6 +134,9 @@ def test_plot_without_matplotlib_is_a_one_line_error(series_run, capsys, tmp_pat
 @pytest.mark.parametrize("argv,message", [
     (("--series", "valid:0", "--top-k", "3"), "--top-k applies to token models"),
     (("--series", "valid:0", "--stream"), "--stream applies to token models"),
+    (("--series", "valid:0", "--stop", "x"), "--stop applies to token models"),
+    (("--series", "valid:0", "--prompts", "f.txt"), "--prompts applies to token models"),
+    (("--prompt", "1,2", "--prompt", "3,4", "--cond", "1"), "takes one --prompt"),
     (("--series", "train:0"), "valid:INDEX or test:INDEX"),
     (("--series", "valid:x"), "valid:INDEX or test:INDEX"),
     (("--series", "valid:99"), "the valid split has 3 series"),
