@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_json  # noqa: E402
-from deqseq.data import load_corpus  # noqa: E402
+from deqseq import load_corpus  # noqa: E402
 
 
 def train(name: str, out_dir: Path, steps: int, extra: list[str]) -> dict:

@@ -22,11 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import write_json  # noqa: E402
-from deqseq.checkpoint import load_checkpoint  # noqa: E402
-from deqseq.config import load_config  # noqa: E402
-from deqseq.data import load_corpus  # noqa: E402
-from deqseq.forecast import continue_series  # noqa: E402
-from deqseq.training import train  # noqa: E402
+from deqseq import continue_series, load_checkpoint, load_config, load_corpus, train  # noqa: E402
 
 WINDOWS = ((0, 8), (8, 32), (32, 64))
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import write_json  # noqa: E402
 from deqseq import DEQSequenceModel, ModelConfig, SolverSettings, load_checkpoint, stream  # noqa: E402
-from deqseq.cells.transformer import TransformerHistory  # noqa: E402
+from deqseq.cells import TransformerHistory  # noqa: E402
 from solvers import SolverConfig  # noqa: E402
 
 

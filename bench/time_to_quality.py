@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpt import GPT  # noqa: E402
 from bench.report import write_json  # noqa: E402
-from deqseq.config import load_config  # noqa: E402
+from deqseq import Trainer, load_config  # noqa: E402
 from deqseq.data import StreamBatcher  # noqa: E402
-from deqseq.training import Trainer, lr_factor  # noqa: E402
+from deqseq.training import lr_factor  # noqa: E402
 
 TASKS = {"stdlib": "configs/default.yaml", "markov": "configs/markov.yaml"}
 EXPLICIT = ["train.pretrain_steps=0", "solver.jac_weight=0"]

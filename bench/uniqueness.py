@@ -24,16 +24,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import write_json  # noqa: E402
-from deqseq import DEQSequenceModel, EquivalenceReport, ModelConfig, SolverSettings, check_equivalence  # noqa: E402
-from deqseq.checkpoint import load_checkpoint  # noqa: E402
+from deqseq import (  # noqa: E402
+    DEQSequenceModel,
+    EquivalenceReport,
+    ModelConfig,
+    SolverSettings,
+    check_equivalence,
+    load_checkpoint,
+    load_corpus,
+)
 from deqseq.cli import CHECK_MAX_ITER, CHECK_STARTS, CHECK_TIGHTEN  # noqa: E402
 from solvers import SolverConfig  # noqa: E402
 
 
 def held_out_ids(config, split: str, sequences: int, length: int) -> torch.Tensor:
     """`sequences` windows of `length` ids of a split of the checkpoint's corpus, at evenly spaced offsets."""
-    from deqseq.data import load_corpus
-    from deqseq.data.corpus import Corpus
+    from deqseq.data import Corpus
 
     data = load_corpus(config.data.source, config.data.tokenizer)
     if not isinstance(data, Corpus):

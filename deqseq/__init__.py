@@ -2,16 +2,20 @@
 
 from . import cells
 from .checkpoint import load_checkpoint
-from .config import ModelConfig, SolverSettings
+from .config import Config, ModelConfig, SolverSettings, load_config
+from .data import load_corpus
 from .deq import DEQLayer, DEQOutput
 from .equivalence import EquivalenceReport, check_equivalence
+from .forecast import continue_series
 from .generation import Generation, TokenStep, generate, stream
 from .layout import NextTokenLayout
-from .model import DEQSequenceModel, ModelOutput
+from .model import DEQSequenceModel, ModelOutput, eval_mode
 from .sampling import SamplingConfig
 from .scoring import Score, score
+from .training import Trainer, TrainResult, train
 
 __all__ = [
+    "Config",
     "DEQLayer",
     "DEQOutput",
     "DEQSequenceModel",
@@ -24,10 +28,17 @@ __all__ = [
     "Score",
     "SolverSettings",
     "TokenStep",
+    "TrainResult",
+    "Trainer",
     "cells",
     "check_equivalence",
+    "continue_series",
+    "eval_mode",
     "generate",
     "load_checkpoint",
+    "load_config",
+    "load_corpus",
     "score",
     "stream",
+    "train",
 ]

@@ -19,7 +19,7 @@ from torch import Tensor
 
 import solvers
 
-from .model import DEQSequenceModel
+from .model import DEQSequenceModel, eval_mode
 
 START_SCALE_MAX = 3.0  # random starts lie 1x .. this many times z*'s per-position RMS from the origin
 
@@ -368,42 +368,37 @@ def check_equivalence(
     if position_iters is None:
         position_iters = min(contraction_iters, model.deq.cell.state_dim)
     window = model.resolve_window(mem_len)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ref = _solve(model, x, cond, x.shape[1], window)
-            rho_seq = _contraction(model, x, cond, ref.z, window, contraction_iters)
-            rho_pos = _position_contraction(model, x, cond, ref.z, window, position_iters) if position_iters else None
-            rho = rho_seq if rho_pos is None else torch.maximum(rho_seq, rho_pos.amax(dim=1))
+    with eval_mode(model), torch.no_grad():
+        ref = _solve(model, x, cond, x.shape[1], window)
+        rho_seq = _contraction(model, x, cond, ref.z, window, contraction_iters)
+        rho_pos = _position_contraction(model, x, cond, ref.z, window, position_iters) if position_iters else None
+        rho = rho_seq if rho_pos is None else torch.maximum(rho_seq, rho_pos.amax(dim=1))
 
-            def compare(reference: _Run, run: _Run, factor: float = 1.0) -> dict:
-                return _compare(reference, run, slack, rho, _implied_residual(model, run, factor))
+        def compare(reference: _Run, run: _Run, factor: float = 1.0) -> dict:
+            return _compare(reference, run, slack, rho, _implied_residual(model, run, factor))
 
-            runs = {"token": _solve(model, x, cond, 1, window)}
-            for k in sorted(set(chunk_sizes) - {1}):
-                runs[f"chunk={k}"] = _solve(model, x, cond, k, window)
-            modes = {name: compare(ref, run) for name, run in runs.items()}
-            dz = {name: _position_diffs(ref.z, run.z) for name, run in runs.items()}
-            ref_start, factor = ref, 1.0
-            if tighten is not None:
-                ref_tight = ref_start = _solve(model, x, cond, x.shape[1], window, tighten)
-                factor = tighten
-                token_tight = _solve(model, x, cond, 1, window, tighten)
-                tight = compare(ref_tight, token_tight, tighten)
-                dz["token@tight"] = _position_diffs(ref_tight.z, token_tight.z)
-                modes["token"]["tight"] = tight
-                modes["token"]["shrink"] = tight["state_diff"] / max(modes["token"]["state_diff"], 1e-300)
-            generator = torch.Generator(device=x.device).manual_seed(seed)
-            start_reports, start_dz = [], []
-            for scale in _start_scales(starts):
-                run = _solve(model, x, cond, x.shape[1], window, factor, _random_start(ref_start.z, scale, generator))
-                start_reports.append({**compare(ref_start, run, factor), "scale": scale, "tol_factor": factor})
-                start_dz.append(_position_diffs(ref_start.z, run.z))
-            if start_dz:
-                dz["starts"] = [max(values) for values in zip(*start_dz, strict=True)]
-    finally:
-        model.train(was_training)
+        runs = {"token": _solve(model, x, cond, 1, window)}
+        for k in sorted(set(chunk_sizes) - {1}):
+            runs[f"chunk={k}"] = _solve(model, x, cond, k, window)
+        modes = {name: compare(ref, run) for name, run in runs.items()}
+        dz = {name: _position_diffs(ref.z, run.z) for name, run in runs.items()}
+        ref_start, factor = ref, 1.0
+        if tighten is not None:
+            ref_tight = ref_start = _solve(model, x, cond, x.shape[1], window, tighten)
+            factor = tighten
+            token_tight = _solve(model, x, cond, 1, window, tighten)
+            tight = compare(ref_tight, token_tight, tighten)
+            dz["token@tight"] = _position_diffs(ref_tight.z, token_tight.z)
+            modes["token"]["tight"] = tight
+            modes["token"]["shrink"] = tight["state_diff"] / max(modes["token"]["state_diff"], 1e-300)
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        start_reports, start_dz = [], []
+        for scale in _start_scales(starts):
+            run = _solve(model, x, cond, x.shape[1], window, factor, _random_start(ref_start.z, scale, generator))
+            start_reports.append({**compare(ref_start, run, factor), "scale": scale, "tol_factor": factor})
+            start_dz.append(_position_diffs(ref_start.z, run.z))
+        if start_dz:
+            dz["starts"] = [max(values) for values in zip(*start_dz, strict=True)]
     reference = {
         "stats": ref.stats.summary(),
         "converged": bool(ref.stats.converged.all()),

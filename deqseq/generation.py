@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .cells import History
-from .model import DEQSequenceModel
+from .model import DEQSequenceModel, eval_mode
 from .sampling import SamplingConfig, sample_next
 
 
@@ -285,51 +285,46 @@ def stream(
     stop_ids = _stop_ids(stop, device)
     fan_out = torch.arange(batch, device=device).repeat_interleave(num_samples)
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
+        start = time.perf_counter()
+        # Prefill: the (shortest) prompt's positions in one solve, once per prompt; samples share it.
+        out = model(prompt_ids[:, :shortest], cond=_cond_at(cond, 0, shortest), window=window)
+        history: History = out.history.select(fan_out)
+        logits, z = out.logits[:, -1][fan_out], out.z[:, -1:][fan_out]
+        iterations, residual, converged = (t[fan_out] for t in _solve_stats(out.stats))
+        prompt_ids, lengths = prompt_ids[fan_out], lengths[fan_out]
+        fed = prompt_ids[:, :shortest]  # every row's inputs so far (the repetition penalty's history)
+        cond = cond[fan_out] if cond is not None else None
+        finished = torch.zeros(fed.shape[0], dtype=torch.bool, device=device)
+        produced = torch.zeros(fed.shape[0], dtype=torch.long, device=device)
+        for index in range(longest - shortest + max_new_tokens):
+            position = shortest + index  # where this step's token goes
+            forced = lengths > position  # rows still feeding their prompt
+            sampled = ~forced & (produced < max_new_tokens)
+            if categorical:
+                token = sample_next(logits, sampling, generator, previous=fed)
+                if position < longest:
+                    token = torch.where(forced, prompt_ids[:, position], token)
+                if stop_ids.numel():
+                    token = torch.where(finished & sampled, stop_ids[0], token)
+                    finished = finished | (sampled & torch.isin(token, stop_ids))
+                wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # no log-softmax in bf16
+                logprobs = torch.log_softmax(wide, dim=-1).gather(1, token[:, None])[:, 0]
+            else:
+                token = model.head.sample(logits[:, None], temperature, generator)[:, 0]
+                logprobs = -model.head.nll(logits[:, None], token[:, None])[:, 0]
+            step_input = next_input(model, token)
+            fed = torch.cat([fed, step_input], dim=1)
+            produced = produced + sampled
+            yield TokenStep(index, token, logprobs, iterations, residual, converged, finished.clone(),
+                            time.perf_counter() - start, logits, sampled)
+            if bool((finished | (produced >= max_new_tokens)).all()):
+                return
             start = time.perf_counter()
-            # Prefill: the (shortest) prompt's positions in one solve, once per prompt; samples share it.
-            out = model(prompt_ids[:, :shortest], cond=_cond_at(cond, 0, shortest), window=window)
-            history: History = out.history.select(fan_out)
-            logits, z = out.logits[:, -1][fan_out], out.z[:, -1:][fan_out]
-            iterations, residual, converged = (t[fan_out] for t in _solve_stats(out.stats))
-            prompt_ids, lengths = prompt_ids[fan_out], lengths[fan_out]
-            fed = prompt_ids[:, :shortest]  # every row's inputs so far (the repetition penalty's history)
-            cond = cond[fan_out] if cond is not None else None
-            finished = torch.zeros(fed.shape[0], dtype=torch.bool, device=device)
-            produced = torch.zeros(fed.shape[0], dtype=torch.long, device=device)
-            for index in range(longest - shortest + max_new_tokens):
-                position = shortest + index  # where this step's token goes
-                forced = lengths > position  # rows still feeding their prompt
-                sampled = ~forced & (produced < max_new_tokens)
-                if categorical:
-                    token = sample_next(logits, sampling, generator, previous=fed)
-                    if position < longest:
-                        token = torch.where(forced, prompt_ids[:, position], token)
-                    if stop_ids.numel():
-                        token = torch.where(finished & sampled, stop_ids[0], token)
-                        finished = finished | (sampled & torch.isin(token, stop_ids))
-                    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # no log-softmax in bf16
-                    logprobs = torch.log_softmax(wide, dim=-1).gather(1, token[:, None])[:, 0]
-                else:
-                    token = model.head.sample(logits[:, None], temperature, generator)[:, 0]
-                    logprobs = -model.head.nll(logits[:, None], token[:, None])[:, 0]
-                step_input = next_input(model, token)
-                fed = torch.cat([fed, step_input], dim=1)
-                produced = produced + sampled
-                yield TokenStep(index, token, logprobs, iterations, residual, converged, finished.clone(),
-                                time.perf_counter() - start, logits, sampled)
-                if bool((finished | (produced >= max_new_tokens)).all()):
-                    return
-                start = time.perf_counter()
-                out = model(step_input, history=history, cond=_cond_at(cond, position, position + 1),
-                            z0=z if warm_start else None, window=window)
-                history, logits, z = out.history, out.logits[:, -1], out.z
-                iterations, residual, converged = _solve_stats(out.stats)
-    finally:
-        model.train(was_training)
+            out = model(step_input, history=history, cond=_cond_at(cond, position, position + 1),
+                        z0=z if warm_start else None, window=window)
+            history, logits, z = out.history, out.logits[:, -1], out.z
+            iterations, residual, converged = _solve_stats(out.stats)
 
 
 def generate(

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .data import ImageData
 from .generation import generate
-from .model import DEQSequenceModel
+from .model import DEQSequenceModel, eval_mode
 
 
 @dataclass
@@ -80,13 +80,9 @@ def sample_images(model: DEQSequenceModel, data: ImageData, per_class: int = 8, 
 @torch.no_grad()
 def _bits_of_halves(model: DEQSequenceModel, seqs: Tensor, cond: Tensor | None, given: int) -> float:
     """Bits per pixel of the pixels after the first `given` ids of seqs (N, 1 + H W) under the model."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out = model(seqs[:, :-1], cond=cond)
         nll = model.head.nll(out.logits, seqs[:, 1:])[:, given - 1 :]
-    finally:
-        model.train(was_training)
     return float(nll.double().mean()) / 0.6931471805599453
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +41,17 @@ class ModelOutput:
     def logits(self) -> Tensor:
         """The head's output; for the categorical head, the (B, T, vocab) logits."""
         return self.params
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Put `module` in eval mode for the block and restore its train/eval mode afterwards, also on an error."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def _build_cell(cfg: ModelConfig):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .model import DEQSequenceModel
+from .model import DEQSequenceModel, eval_mode
 
 
 @dataclass
@@ -50,18 +50,14 @@ def score(
         raise ValueError(f"a text needs at least 2 tokens to be scored (one to predict from), got {ids.shape[1]}")
     ids = ids.to(next(model.parameters()).device)
     window = model.resolve_window(mem_len)
-    was_training = model.training
-    model.eval()
     total, history = 0.0, None
-    try:
+    with eval_mode(model):
         for start in range(0, ids.shape[1] - 1, segment_len):
             stop = min(start + segment_len, ids.shape[1] - 1)
             c = cond[:, start:stop] if cond is not None and cond.dim() == 3 else cond
             out = model(ids[:, start:stop], history=history, cond=c, window=window)
             total += float(model.head.nll(out.logits, ids[:, start + 1 : stop + 1]).double().sum())
             history = out.history if carry_history else None
-    finally:
-        model.train(was_training)
     count = ids.shape[0] * (ids.shape[1] - 1)
     nll = total / count
     return Score(nll=nll, ppl=math.exp(min(nll, 700.0)), bits=nll / math.log(2), tokens=count)

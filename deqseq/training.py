@@ -23,7 +23,7 @@ from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import Config, ConfigError, ModelConfig, config_to_dict, dump_yaml
 from .data import Corpus, DataError, ImageData, SeriesBatcher, SeriesData, StreamBatcher, load_corpus
 from .heads import CategoricalHead
-from .model import DEQSequenceModel
+from .model import DEQSequenceModel, eval_mode
 from .progress import Progress
 from .resume import check_resumable
 from .rundir import RunFolder
@@ -130,19 +130,17 @@ def evaluate(model: DEQSequenceModel, ids: torch.Tensor, batch_size: int, seq_le
              max_batches: int, device: torch.device, unit: str) -> dict[str, float]:
     """Mean NLL over the tokens of `ids` (history carried across segments when asked), with perplexity and
     bits per unit (byte, char or token)."""
-    was_training = model.training
-    model.eval()
     batcher = StreamBatcher(ids, batch_size, seq_len)
     total, count, history = 0.0, 0, None
-    for i, batch in enumerate(batcher):
-        if max_batches and i >= max_batches:
-            break
-        x, t = batch["x"].to(device), batch["t"].to(device)
-        out = model(x, history=history)
-        total += float(model.head.nll(out.logits, t).sum())
-        count += t.numel()
-        history = out.history if carry_history else None
-    model.train(was_training)
+    with eval_mode(model):
+        for i, batch in enumerate(batcher):
+            if max_batches and i >= max_batches:
+                break
+            x, t = batch["x"].to(device), batch["t"].to(device)
+            out = model(x, history=history)
+            total += float(model.head.nll(out.logits, t).sum())
+            count += t.numel()
+            history = out.history if carry_history else None
     nll = total / max(count, 1)
     return {"nll": nll, "ppl": math.exp(min(nll, 50.0)), f"bits_per_{unit}": nll / math.log(2), "tokens": count}
 
@@ -151,19 +149,17 @@ def evaluate(model: DEQSequenceModel, ids: torch.Tensor, batch_size: int, seq_le
 def evaluate_series(model: DEQSequenceModel, values: torch.Tensor, cond: torch.Tensor | None, batch_size: int,
                     seq_len: int, max_batches: int, device: torch.device) -> dict[str, float]:
     """Mean NLL per predicted step (nats) over every series of a split, with nats and bits per dimension."""
-    was_training = model.training
-    model.eval()
     batcher = SeriesBatcher(values, cond, batch_size, seq_len, shuffle=False, drop_last=False)
     total, count = 0.0, 0
-    for i, batch in enumerate(batcher):
-        if max_batches and i >= max_batches:
-            break
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(batch["x"], cond=batch.get("c"))
-        nll = model.nll(out, batch)
-        total += float(nll.double().sum())
-        count += nll.numel()
-    model.train(was_training)
+    with eval_mode(model):
+        for i, batch in enumerate(batcher):
+            if max_batches and i >= max_batches:
+                break
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(batch["x"], cond=batch.get("c"))
+            nll = model.nll(out, batch)
+            total += float(nll.double().sum())
+            count += nll.numel()
     nll = total / max(count, 1)
     dims = model.config.target_dim
     return {"nll": nll, "nll_per_dim": nll / dims, "bits_per_dim": nll / dims / math.log(2), "steps": count}
