@@ -27,6 +27,7 @@ class Anderson:
         self.beta = beta
         self.ridge = ridge if ridge is not None else 1e3 * torch.finfo(x0.dtype).eps
         self.count = 0
+        self.tiny = torch.finfo(torch.float64).tiny
 
     def direction(self, g: Tensor) -> Tensor:
         """Anderson step from the current residual g."""
@@ -35,9 +36,10 @@ class Anderson:
             return step
         filled = min(self.count, self.memory)
         rhs = torch.bmm(self.dG, g.unsqueeze(2)) if g.is_cuda else torch.bmm(g.unsqueeze(1), self.dG.mT).mT
-        lam = self.ridge * self.gram.diagonal(dim1=1, dim2=2).sum(dim=1) / filled + torch.finfo(torch.float64).tiny
-        # Unfilled slots have zero rows: the ridge keeps the system regular and gives them gamma = 0.
-        gamma = torch.linalg.solve(self.gram + lam[:, None, None] * self.eye, rhs.double())
+        lam = self.gram.diagonal(dim1=1, dim2=2).sum(dim=1).mul_(self.ridge / filled).add_(self.tiny)
+        # Unfilled slots have zero rows: the ridge keeps the system regular and gives them gamma = 0. solve_ex
+        # skips solve's check of the factorisation (a host sync); a singular system's NaNs are zeroed below.
+        gamma = torch.linalg.solve_ex(torch.addcmul(self.gram, lam[:, None, None], self.eye), rhs.double())[0]
         gamma = torch.nan_to_num(gamma, nan=0.0, posinf=0.0, neginf=0.0).to(g.dtype).mT  # (S, 1, m)
         return torch.baddbmm(step.unsqueeze(1), gamma, self.dM, alpha=-1.0).squeeze(1)
 

@@ -59,7 +59,10 @@ class Monitor:
         self.nonfinite = torch.zeros_like(self.active)
         self.diverged = torch.zeros_like(self.active)
         self.growth = torch.finfo(x0.dtype).eps ** -0.5
-        self.first: tuple[Tensor, Tensor, Tensor] | None = None  # ||g||, ||f(x)|| and the scale at x0
+        # From the first observation: half of ||g|| and twice ||f(x)|| at x0 (the "claim" test below), and the
+        # norm past which an iterate counts as diverged.
+        self.first: tuple[Tensor, Tensor, Tensor] | None = None
+        self.zero = torch.zeros((), dtype=x0.dtype, device=dev)
         self.nstep = torch.zeros(systems, dtype=torch.long, device=dev)
         self.trace: list[Tensor] | None = [] if cfg.trace else None
         self.nfe = 0
@@ -75,7 +78,8 @@ class Monitor:
         fnorm = torch.linalg.vector_norm(fx, dim=1)
         abs_res, rel_res = residual_norms(gnorm, fnorm, g.shape[1], self.cfg.eps)
         res = rel_res if self.cfg.stop == "rel" else abs_res
-        finite = torch.isfinite(rel_res) & torch.isfinite(abs_res)
+        # Both are finite iff (a - a) + (b - b) is 0 (inf - inf and anything with NaN give NaN): 4 ops, not 9.
+        finite = (rel_res - rel_res) + (abs_res - abs_res) == 0
         xnorm = torch.linalg.vector_norm(x, dim=1)
         if self.first is None:
             first = (gnorm, fnorm, torch.maximum(xnorm, fnorm).clamp_min(torch.finfo(x.dtype).tiny))
@@ -83,9 +87,10 @@ class Monitor:
                 # A coupled system may start at zero and only move once the systems it depends on do: measure
                 # it against the largest scale among all systems instead of its own.
                 first = tuple(v.amax().expand_as(v) for v in first)
-            self.first = first
-        g0, f0, scale0 = self.first
-        diverging = finite & (xnorm > self.growth * scale0)
+            g0, f0, scale0 = first
+            self.first = (0.5 * g0, 2 * f0, self.growth * scale0)
+        g_half, f_twice, limit = self.first
+        diverging = finite & (xnorm > limit)
         accepted = finite & ~diverging
         live = self.active & accepted
         better = live & (res < self.best_res) if self.coupling == "independent" else live
@@ -95,7 +100,8 @@ class Monitor:
         self.best_rel = torch.where(better, rel_res, self.best_rel)
         reached = res < self.cfg.tol
         if self.cfg.stop == "rel":
-            reached &= ~((gnorm >= 0.5 * g0) & (fnorm > 2 * f0))  # small only because ||f(x)|| grew
+            # not small only because ||f(x)|| grew: where a norm is NaN, res is NaN and `reached` already False
+            reached &= (gnorm < g_half) | (fnorm <= f_twice)
         converged = self.converged | (live & reached)
         self.nonfinite |= self.active & ~finite
         self.diverged |= self.active & diverging
@@ -107,7 +113,7 @@ class Monitor:
         if self.trace is not None:
             self.trace.append(torch.where(accepted, res, self.best_res))
         x = torch.where(accepted[:, None], x, self.best_x)
-        g = torch.where(self.active[:, None], g, torch.zeros((), dtype=g.dtype, device=g.device))
+        g = torch.where(self.active[:, None], g, self.zero)
         return x, g
 
     def any_active(self) -> bool:
