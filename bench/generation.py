@@ -28,16 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import write_json  # noqa: E402
+from bench.report import sync, write_json  # noqa: E402
 from deqseq import DEQSequenceModel, ModelConfig, SolverSettings, load_checkpoint, stream  # noqa: E402
 from deqseq.cells import TransformerHistory  # noqa: E402
 from solvers import SolverConfig  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work, so that a wall-clock reading covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def cached_decode(model: DEQSequenceModel, prompt: torch.Tensor, new: int) -> tuple[list, list[float]]:

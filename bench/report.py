@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 def write_json(path: str | Path, results: dict[str, Any]) -> None:
     """Write `results` as indented JSON to `path` (creating its folder) and say where."""
@@ -13,3 +15,9 @@ def write_json(path: str | Path, results: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     print(f"wrote {path}")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall-clock reading covers it (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.problems import attention_problem, tanh_map  # noqa: E402
-from bench.report import write_json  # noqa: E402
+from bench.report import sync, write_json  # noqa: E402
 from solvers import SolverConfig, solve, spectral_radius  # noqa: E402
 
 OURS = ("broyden", "anderson", "picard")
@@ -41,25 +41,18 @@ class TimedF:
     def __call__(self, z):
         start = time.perf_counter()
         out = self.f(z)
-        if out.is_cuda:
-            torch.cuda.synchronize()
+        sync(out.device)
         self.seconds += time.perf_counter() - start
         self.calls += 1
         return out
 
 
-def sync(z: torch.Tensor) -> None:
-    """Wait for z's device, so that a wall-clock reading covers its queued work."""
-    if z.is_cuda:
-        torch.cuda.synchronize(z.device)
-
-
 def run_ours(f, z0, method, tol):
     timed = TimedF(f)
-    sync(z0)
+    sync(z0.device)
     start = time.perf_counter()
     z, stats = solve(timed, z0, SolverConfig(method=method, max_iter=MAX_ITER, tol=tol))
-    sync(z)
+    sync(z.device)
     wall = time.perf_counter() - start
     return z, timed, wall, bool(stats.converged.all())
 
@@ -69,10 +62,10 @@ def run_peer(f, z0, method, tol):
     from torchdeq.solver import get_solver
 
     timed = TimedF(f)
-    sync(z0)
+    sync(z0.device)
     start = time.perf_counter()
     z, _, _ = get_solver(method)(timed, z0, max_iter=MAX_ITER, tol=tol, stop_mode="rel")
-    sync(z)
+    sync(z.device)
     wall = time.perf_counter() - start
     return z.view_as(z0), timed, wall, None
 

@@ -33,7 +33,7 @@ from deqseq import (  # noqa: E402
     load_checkpoint,
     load_corpus,
 )
-from deqseq.cli import CHECK_MAX_ITER, CHECK_STARTS, CHECK_TIGHTEN  # noqa: E402
+from deqseq.cli import CHECK_STARTS, CHECK_TIGHTEN, check_as_cli  # noqa: E402
 from solvers import SolverConfig  # noqa: E402
 
 
@@ -60,16 +60,10 @@ def random_model(seed: int) -> DEQSequenceModel:
 
 
 def run_check(model: DEQSequenceModel, ids: torch.Tensor, **kwargs) -> tuple[EquivalenceReport, float]:
-    """check_equivalence with the CLI's iteration budget, tightening and starts; the report and its seconds."""
-    saved = model.settings
-    budget = max(saved.forward.max_iter, CHECK_MAX_ITER)
-    model.settings = dataclasses.replace(saved, forward=dataclasses.replace(saved.forward, max_iter=budget))
-    try:
-        start = time.perf_counter()
-        report = check_equivalence(model, ids, tighten=CHECK_TIGHTEN, **{"starts": CHECK_STARTS, **kwargs})
-        return report, time.perf_counter() - start
-    finally:
-        model.settings = saved
+    """check_equivalence as `--check-equivalence` runs it (cli.check_as_cli); the report and its seconds."""
+    start = time.perf_counter()
+    report = check_as_cli(model, ids, check_equivalence, **kwargs)
+    return report, time.perf_counter() - start
 
 
 def rank_correlation(values: list[float]) -> float:

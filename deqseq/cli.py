@@ -354,19 +354,30 @@ CHECK_TIGHTEN = 100.0  # the check also re-solves at tolerance / this, to show t
 CHECK_STARTS = 3  # random starts of the sequence-level solve (at the tighter tolerance), which must all agree
 
 
-def _check(model, ids, check_equivalence, cond=None, mem_len: int | str | None = "auto") -> int:
-    """Run the equivalence check with a larger iteration budget than training's (the check is about whether
-    the solves agree at the tolerance, so each must get there), print its summaries and table; 0 if ok, else 1."""
+def _check_budget(settings) -> int:
+    """The check's forward iteration budget: training's, raised to CHECK_MAX_ITER."""
+    return max(settings.forward.max_iter, CHECK_MAX_ITER)
+
+
+def check_as_cli(model, ids, check_equivalence, **kwargs):
+    """check_equivalence as `--check-equivalence` runs it: with a larger iteration budget than training's (the
+    check is about whether the solves agree at the tolerance, so each must get there), the re-solve at tolerance /
+    CHECK_TIGHTEN and CHECK_STARTS random starts; kwargs go to check_equivalence and override those."""
     from dataclasses import replace
 
     saved = model.settings
-    budget = max(saved.forward.max_iter, CHECK_MAX_ITER)
-    model.settings = replace(saved, forward=replace(saved.forward, max_iter=budget))
+    model.settings = replace(saved, forward=replace(saved.forward, max_iter=_check_budget(saved)))
     try:
-        report = check_equivalence(model, ids, cond=cond, mem_len=mem_len, tighten=CHECK_TIGHTEN,
-                                   starts=CHECK_STARTS)
+        return check_equivalence(model, ids, **{"tighten": CHECK_TIGHTEN, "starts": CHECK_STARTS, **kwargs})
     finally:
         model.settings = saved
+
+
+def _check(model, ids, check_equivalence, cond=None, mem_len: int | str | None = "auto") -> int:
+    """Run the equivalence check as check_as_cli does, print its summaries and table; 0 if ok, else 1."""
+    saved = model.settings
+    budget = _check_budget(saved)
+    report = check_as_cli(model, ids, check_equivalence, cond=cond, mem_len=mem_len)
     print(f"equivalence check (solver {saved.forward.method}, tol {saved.forward.tol:g} and "
           f"{saved.forward.tol / CHECK_TIGHTEN:g}, up to {budget} iterations; {CHECK_STARTS} random starts at the "
           "tighter tolerance; rho_t: contraction of each position's map against the frozen history; state diffs and "

@@ -19,7 +19,7 @@ from torch import Tensor
 
 import solvers
 
-from .model import DEQSequenceModel, eval_mode
+from .model import DEQSequenceModel, cond_at, eval_mode
 
 START_SCALE_MAX = 3.0  # random starts lie 1x .. this many times z*'s per-position RMS from the origin
 
@@ -54,7 +54,7 @@ def _solve_in_chunks(model: DEQSequenceModel, x: Tensor, cond: Tensor | None, ch
     when given, is the initial guess of every solve (its rows for that chunk)."""
     history, zs, logits, stats = None, [], [], []
     for s in range(0, x.shape[1], chunk):
-        c = _cond_slice(cond, s, s + chunk)
+        c = cond_at(cond, s, s + chunk)
         start = z0[:, s : s + chunk] if z0 is not None else None
         out = model(x[:, s : s + chunk], history=history, cond=c, z0=start, window=window)
         history = out.history
@@ -70,11 +70,6 @@ def _solve_in_chunks(model: DEQSequenceModel, x: Tensor, cond: Tensor | None, ch
         residual=_row_norm(fz - z),
         f_norm=_row_norm(fz),
     )
-
-
-def _cond_slice(cond: Tensor | None, start: int, stop: int) -> Tensor | None:
-    """The conditioning of positions start..stop-1: per-position conditioning sliced, per-sequence as it is."""
-    return cond[:, start:stop] if cond is not None and cond.dim() == 3 else cond
 
 
 def _top2_gap(logits: Tensor) -> Tensor:
@@ -164,7 +159,7 @@ def _position_contraction(model: DEQSequenceModel, x: Tensor, cond: Tensor | Non
     cell = model.deq.cell
     history, out = None, []
     for t in range(x.shape[1]):
-        ctx = cell.prepare(model.embed(x[:, t : t + 1], _cond_slice(cond, t, t + 1)), history, window=window)
+        ctx = cell.prepare(model.embed(x[:, t : t + 1], cond_at(cond, t, t + 1)), history, window=window)
         z_t = z[:, t : t + 1]
         out.append(solvers.spectral_radius(lambda v, ctx=ctx: cell(v, ctx), z_t, iters=iters, batch_dims=1,
                                            generator=torch.Generator(device=z.device).manual_seed(t)))

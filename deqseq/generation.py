@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .cells import History
-from .model import DEQSequenceModel, eval_mode
+from .model import DEQSequenceModel, cond_at, eval_mode, is_local_cond
 from .sampling import SamplingConfig, sample_next
 
 
@@ -207,22 +207,10 @@ def _stop_ids(stop: int | Sequence[int] | None, device: torch.device) -> Tensor:
     return torch.as_tensor([stop] if isinstance(stop, int) else list(stop), dtype=torch.long, device=device)
 
 
-def _is_local(cond: Tensor) -> bool:
-    """Per-position conditioning: vectors (N, T, C), or class ids (N, T)."""
-    return cond.dim() == (3 if cond.dtype.is_floating_point else 2)
-
-
-def _cond_at(cond: Tensor | None, start: int, stop: int) -> Tensor | None:
-    """The conditioning of positions [start, stop): global (N, C) / (N,) as is, local (N, T, C) / (N, T) sliced."""
-    if cond is None or not _is_local(cond):
-        return cond
-    return cond[:, start:stop]
-
-
 def _check_cond(cond: Tensor | None, batch: int, total: int) -> None:
     if cond is None:
         return
-    if _is_local(cond) and cond.shape[1] < total - 1:
+    if is_local_cond(cond) and cond.shape[1] < total - 1:
         raise ValueError(f"local conditioning must cover the prompt and every generated position but the last "
                          f"({total - 1} positions), got {cond.shape[1]}")
     if cond.shape[0] != batch:
@@ -288,7 +276,7 @@ def stream(
     with eval_mode(model), torch.no_grad():
         start = time.perf_counter()
         # Prefill: the (shortest) prompt's positions in one solve, once per prompt; samples share it.
-        out = model(prompt_ids[:, :shortest], cond=_cond_at(cond, 0, shortest), window=window)
+        out = model(prompt_ids[:, :shortest], cond=cond_at(cond, 0, shortest), window=window)
         history: History = out.history.select(fan_out)
         logits, z = out.logits[:, -1][fan_out], out.z[:, -1:][fan_out]
         iterations, residual, converged = (t[fan_out] for t in _solve_stats(out.stats))
@@ -321,7 +309,7 @@ def stream(
             if bool((finished | (produced >= max_new_tokens)).all()):
                 return
             start = time.perf_counter()
-            out = model(step_input, history=history, cond=_cond_at(cond, position, position + 1),
+            out = model(step_input, history=history, cond=cond_at(cond, position, position + 1),
                         z0=z if warm_start else None, window=window)
             history, logits, z = out.history, out.logits[:, -1], out.z
             iterations, residual, converged = _solve_stats(out.stats)

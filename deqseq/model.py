@@ -43,6 +43,18 @@ class ModelOutput:
         return self.params
 
 
+def is_local_cond(cond: Tensor) -> bool:
+    """Per-position conditioning: vectors (N, T, C), or class ids (N, T)."""
+    return cond.dim() == (3 if cond.dtype.is_floating_point else 2)
+
+
+def cond_at(cond: Tensor | None, start: int, stop: int) -> Tensor | None:
+    """The conditioning of positions [start, stop): global (N, C) / (N,) as is, local (N, T, C) / (N, T) sliced."""
+    if cond is None or not is_local_cond(cond):
+        return cond
+    return cond[:, start:stop]
+
+
 @contextmanager
 def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     """Put `module` in eval mode for the block and restore its train/eval mode afterwards, also on an error."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .model import DEQSequenceModel, eval_mode
+from .model import DEQSequenceModel, cond_at, eval_mode
 
 
 @dataclass
@@ -54,8 +54,7 @@ def score(
     with eval_mode(model):
         for start in range(0, ids.shape[1] - 1, segment_len):
             stop = min(start + segment_len, ids.shape[1] - 1)
-            c = cond[:, start:stop] if cond is not None and cond.dim() == 3 else cond
-            out = model(ids[:, start:stop], history=history, cond=c, window=window)
+            out = model(ids[:, start:stop], history=history, cond=cond_at(cond, start, stop), window=window)
             total += float(model.head.nll(out.logits, ids[:, start + 1 : stop + 1]).double().sum())
             history = out.history if carry_history else None
     count = ids.shape[0] * (ids.shape[1] - 1)
