@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
+
+from .registry import register_method
+
+if TYPE_CHECKING:
+    from .config import SolverConfig
 
 
 class Anderson:
@@ -55,3 +62,11 @@ class Anderson:
         self.gram[:, slot, :] = row
         self.gram[:, :, slot] = row
         self.count += 1
+
+
+def build(cfg: SolverConfig, x: Tensor) -> Anderson:
+    """Anderson with window cfg.window, mixing cfg.damping and ridge cfg.ridge for the iterate x."""
+    return Anderson(x, cfg.window, cfg.damping, cfg.ridge)
+
+
+register_method("anderson", build, default_memory=6)

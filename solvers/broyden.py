@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
+
+from .registry import register_method
+
+if TYPE_CHECKING:
+    from .config import SolverConfig
 
 
 class Broyden:
@@ -71,3 +78,11 @@ class Broyden:
         self.V[:, slot] = vt
         self.count += 1
         self.step = step
+
+
+def build(cfg: SolverConfig, x: Tensor) -> Broyden:
+    """Broyden of rank cfg.window for the iterate x; with cfg.line_search its steps may be shortened."""
+    return Broyden(x, cfg.window, cfg.memory_policy, full_steps=not cfg.line_search)
+
+
+register_method("broyden", build, default_memory=30, line_search=True)

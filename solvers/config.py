@@ -5,40 +5,35 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-NATIVE_METHODS = ("broyden", "anderson", "picard")
-PEER_PREFIX = "torchdeq:"
-PEER_METHODS = ("anderson", "broyden", "fixed_point_iter", "simple_fixed_point_iter")
+from .registry import PEER_PREFIX, lookup
+
 STOP_MODES = ("rel", "abs")
 MEMORY_POLICIES = ("restart", "ring")
 # How systems depend on each other along the last system dim, which decides when one may freeze.
 COUPLINGS = ("independent", "causal", "anticausal", "full")
 REVERSED_COUPLING = {"independent": "independent", "causal": "anticausal", "anticausal": "causal", "full": "full"}
 
-# Method-specific default for `memory` (Broyden rank, Anderson window) when the user leaves it unset.
-DEFAULT_MEMORY = {"broyden": 30, "anderson": 6, "picard": 1}
-
-
-def _allowed_methods() -> str:
-    return ", ".join([*NATIVE_METHODS, *(PEER_PREFIX + m for m in PEER_METHODS)])
-
 
 @dataclass(frozen=True)
 class SolverConfig:
     """How to solve z = f(z).
 
-    method:      "broyden" | "anderson" | "picard" | "torchdeq:<name>" (the peer library's solver).
+    method:      "broyden" | "anderson" | "picard" | a name added with `register_method` | "torchdeq:<name>"
+                 (the peer library's solver).
     max_iter:    iterations after the evaluation at z0 (so at most max_iter + 1 evaluations of f,
                  plus line-search trials).
     tol:         stop threshold on the residual chosen by `stop`, per system.
     stop:        "rel" = ||f(z)-z|| / (||f(z)|| + eps), "abs" = ||f(z)-z|| / sqrt(system size).
-    memory:      Broyden rank / Anderson window (None: 30 for Broyden, 6 for Anderson).
+    memory:      Broyden rank / Anderson window (None: the method's registered default, 30 for Broyden,
+                 6 for Anderson).
     damping:     Picard step f(z)*damping + z*(1-damping); Anderson mixing beta.
     ridge:       Anderson ridge, relative to the mean diagonal of the residual-difference Gram matrix
                  (None: 1e3 * machine epsilon of the working dtype).
     memory_policy: Broyden only: "restart" (reset to -I when the buffers are full) or "ring" (overwrite
                  the oldest update, as torchdeq does).
-    line_search: Broyden only: when a full step raises a system's residual, retry that system at the
-                 minimiser of a quadratic model of ||g||^2 (one extra evaluation, one extra sync).
+    line_search: Broyden only (methods registered with line_search=True): when a full step raises a
+                 system's residual, retry that system at the minimiser of a quadratic model of ||g||^2 (one
+                 extra evaluation, one extra sync).
     trace:       keep the per-iteration residual of every system in the stats.
     eps:         denominator guard of the relative residual.
     peer_kwargs: extra keyword arguments passed to the torchdeq solver (e.g. {"m": 6, "lam": 1e-4}).
@@ -58,10 +53,7 @@ class SolverConfig:
     peer_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.method not in NATIVE_METHODS:
-            peer = self.method[len(PEER_PREFIX):] if self.method.startswith(PEER_PREFIX) else None
-            if peer not in PEER_METHODS:
-                raise ValueError(f"SolverConfig.method={self.method!r} is unknown; allowed: {_allowed_methods()}")
+        lookup(self.method)  # ValueError naming every registered and peer method
         if not isinstance(self.max_iter, int) or self.max_iter < 1:
             raise ValueError(f"SolverConfig.max_iter={self.max_iter!r} must be an integer >= 1")
         if not self.tol > 0:
@@ -87,5 +79,9 @@ class SolverConfig:
 
     @property
     def window(self) -> int:
-        """The effective memory (Broyden rank or Anderson window)."""
-        return self.memory if self.memory is not None else DEFAULT_MEMORY.get(self.method, 30)
+        """The effective memory: `memory`, else the method's registered default (30 for torchdeq methods,
+        which take theirs from peer_kwargs)."""
+        if self.memory is not None:
+            return self.memory
+        entry = lookup(self.method)
+        return entry.default_memory if entry is not None else 30

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .config import PEER_PREFIX, SolverConfig
+from .config import SolverConfig
+from .registry import PEER_PREFIX
 from .stats import SolverStats, final_stats, residuals
 
 

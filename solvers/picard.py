@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor
+
+from .registry import register_method
+
+if TYPE_CHECKING:
+    from .config import SolverConfig
 
 
 class Picard:
@@ -17,3 +24,11 @@ class Picard:
 
     def record(self, dx: Tensor, dg: Tensor, g_new: Tensor) -> None:
         """Picard keeps no memory."""
+
+
+def build(cfg: SolverConfig, x: Tensor) -> Picard:
+    """Picard with step cfg.damping (x is unused: Picard keeps no state)."""
+    return Picard(cfg.damping)
+
+
+register_method("picard", build, default_memory=1)

@@ -8,12 +8,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .anderson import Anderson
-from .broyden import Broyden
 from .config import COUPLINGS, SolverConfig
 from .monitor import Monitor
 from .peer import solve_with_peer
-from .picard import Picard
+from .registry import build_method
 from .stats import SolverStats
 
 Fn = Callable[[Tensor], Tensor]
@@ -30,14 +28,6 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype a solver keeps its state in: float32 for 16-bit floats (whose 8 or 11 mantissa bits cannot
     carry residuals, Gram matrices or Broyden updates), else the given dtype."""
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
-
-
-def _method(cfg: SolverConfig, x: Tensor) -> Broyden | Anderson | Picard:
-    if cfg.method == "broyden":
-        return Broyden(x, cfg.window, cfg.memory_policy, full_steps=not cfg.line_search)
-    if cfg.method == "anderson":
-        return Anderson(x, cfg.window, cfg.damping, cfg.ridge)
-    return Picard(cfg.damping)
 
 
 def _line_search(f: Fn, x: Tensor, g: Tensor, dx: Tensor, x_new: Tensor, fx_new: Tensor,
@@ -96,14 +86,15 @@ def solve(f: Fn, z0: Tensor, cfg: SolverConfig, batch_dims: int = 1,
     x = z0.detach().reshape(systems, size).to(work)
     mon = Monitor(x, cfg, system_shape, coupling)
     x, g = mon.observe(x, f_flat(x), stepped=False)
-    method = _method(cfg, x)
+    method, entry = build_method(cfg, x)
+    line_search = cfg.line_search and entry.line_search
     for _ in range(cfg.max_iter):
         if not mon.any_active():
             break
         dx = method.direction(g)  # zero for frozen systems, whose g the monitor zeroed
         x_new = x + dx
         fx_new = f_flat(x_new)
-        if cfg.line_search and cfg.method == "broyden":
+        if line_search:
             x_new, fx_new = _line_search(f_flat, x, g, dx, x_new, fx_new, mon)
         x_new, g_new = mon.observe(x_new, fx_new, stepped=True)
         method.record(dx, g_new - g, g_new)  # a failed system's reset is not a step: it is frozen anyway
