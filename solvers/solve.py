@@ -96,6 +96,7 @@ def solve(f: Fn, z0: Tensor, cfg: SolverConfig, batch_dims: int = 1,
         fx_new = f_flat(x_new)
         if line_search:
             x_new, fx_new = _line_search(f_flat, x, g, dx, x_new, fx_new, mon)
+            dx = x_new - x  # the step taken: a retried system moved alpha * dx, and its secant pair must say so
         x_new, g_new = mon.observe(x_new, fx_new, stepped=True)
         method.record(dx, g_new - g, g_new)  # a failed system's reset is not a step: it is frozen anyway
         x, g = x_new, g_new

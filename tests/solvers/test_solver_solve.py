@@ -181,6 +181,40 @@ def test_line_search_converges():
     torch.testing.assert_close(f(z), z, rtol=0, atol=1e-8)
 
 
+def test_line_search_records_the_step_it_took():
+    # Broyden's secant pair must be (the step taken, the residual change): after a retry at alpha < 1 the step
+    # is alpha * dx, not the proposed dx.
+    from solvers.broyden import Broyden
+    from solvers.registry import METHODS, register_method, unregister_method
+
+    points: list[torch.Tensor] = []  # every point f was evaluated at
+    recorded: list[tuple[torch.Tensor, int]] = []  # (dx, evaluations so far) per record call
+
+    class Recording(Broyden):
+        def record(self, dx, dg, g_new):
+            recorded.append((dx.clone(), len(points)))
+            super().record(dx, dg, g_new)
+
+    f, z0, _, _ = attention_problem(batch=2, length=8, d_model=16, n_heads=2, gain=3.0, dtype=torch.float64)
+
+    def logged(z):
+        points.append(z.reshape(2, -1).clone())
+        return f(z)
+
+    register_method("recording", lambda cfg, x: Recording(x, cfg.window, full_steps=False),
+                    default_memory=METHODS["broyden"].default_memory, line_search=True)
+    try:
+        _, stats = solve(logged, z0, SolverConfig(method="recording", line_search=True, max_iter=40, tol=1e-10))
+    finally:
+        unregister_method("recording")
+    assert len(points) > len(recorded) + 1, "the line search must retry for this test to mean anything"
+    previous = points[0]
+    for dx, evaluated in recorded:
+        accepted = points[evaluated - 1]  # a retry's point, else the full step's: the last evaluated
+        torch.testing.assert_close(accepted - previous, dx, rtol=0, atol=1e-12)
+        previous = accepted
+
+
 def test_anderson_relative_ridge_beats_the_peers_absolute_ridge():
     # The peer's lam=1e-4 is absolute: once residuals are small it dominates the Gram matrix and
     # Anderson degrades to slow damped iteration. Ours is scaled to the Gram matrix.
