@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -11,9 +11,56 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils import parametrize
 
 import solvers
+from solvers import GradMode, SolverConfig
 
 from .cells import Cell, History
-from .config import SolverSettings
+from .checks import check_choice, check_int, check_number
+
+
+def default_forward_solver() -> SolverConfig:
+    """Broyden, 30 iterations, relative residual 1e-4."""
+    return SolverConfig(method="broyden", max_iter=30, tol=1e-4, stop="rel")
+
+
+def default_backward_solver() -> SolverConfig:
+    """Broyden, 30 iterations, relative residual 1e-5 (the adjoint solve of the implicit gradient)."""
+    return SolverConfig(method="broyden", max_iter=30, tol=1e-5, stop="rel")
+
+
+@dataclass
+class SolverSettings:
+    """How the DEQ layer finds its equilibrium and differentiates through it.
+
+    forward, backward: solver configs of the equilibrium and of the adjoint (implicit gradient) solve.
+    grad:        "implicit" | "phantom:K[:tau]" | "unrolled:K" (K weight-tied layers, no solve: pretraining).
+    batch_dims:  1 = one system per sequence, 2 = one system per position (an exactly causal solve).
+    jac_weight:  weight of the Jacobian penalty in the training loss (0 = off).
+    jac_prob:    probability that a training step computes the penalty at all.
+
+    A warm start is the z0 argument of DEQLayer.forward (generation's warm_start passes the previous position's
+    equilibrium); the layer keeps no hidden state between calls.
+    """
+
+    forward: SolverConfig = field(default_factory=default_forward_solver)
+    backward: SolverConfig = field(default_factory=default_backward_solver)
+    grad: str = "implicit"
+    batch_dims: int = 1
+    jac_weight: float = 0.0
+    jac_prob: float = 1.0
+
+    def __post_init__(self) -> None:
+        owner = "SolverSettings"
+        for name in ("forward", "backward"):
+            if not isinstance(getattr(self, name), SolverConfig):
+                raise ValueError(f"{owner}.{name} must be a solvers.SolverConfig, got {type(getattr(self, name))}")
+        try:
+            GradMode.parse(self.grad)
+        except ValueError as err:
+            raise ValueError(f"{owner}.{err}") from None
+        check_int(owner, "batch_dims", self.batch_dims, 1)
+        check_choice(owner, "batch_dims", self.batch_dims, (1, 2))
+        check_number(owner, "jac_weight", self.jac_weight, low=0)
+        check_number(owner, "jac_prob", self.jac_prob, low=0, high=1)
 
 
 @dataclass
@@ -50,7 +97,6 @@ class DEQLayer(nn.Module):
         super().__init__()
         self.cell = cell
         self.settings = settings if settings is not None else SolverSettings()
-        self._last_z: Tensor | None = None  # the previous equilibrium, for warm starts
 
     def forward(
         self,
@@ -63,7 +109,7 @@ class DEQLayer(nn.Module):
     ) -> DEQOutput:
         """Solve for the equilibrium of the T positions of x_emb (B, T, E) after the frozen `history`.
 
-        z0 is the initial guess (zeros, or the previous equilibrium with settings.warm_start, when None).
+        z0 is the initial guess (a warm start; zeros when None).
         jacobian=True also returns the Jacobian penalty at z*, differentiable w.r.t. the parameters.
         window: the attention window of this solve for cells that have one (None = the cell's own).
         """
@@ -89,21 +135,16 @@ class DEQLayer(nn.Module):
             penalty = self._jacobian_penalty(f, z) if jacobian else None
             with torch.no_grad():
                 new_history = self.cell.extend_history(ctx, z.detach()).detach()
-        if s.warm_start:
-            self._last_z = z.detach()
         return DEQOutput(z=z, history=new_history, stats=stats, jac_penalty=penalty)
 
     def _initial_guess(self, x_emb: Tensor, z0: Tensor | None) -> Tensor:
-        """z0 when given; else the previous equilibrium (warm start, same shape only); else zeros."""
+        """z0 when given (checked against the state's shape), else zeros."""
         B, T, _ = x_emb.shape
         shape = (B, T, self.cell.state_dim)
         if z0 is not None:
             if tuple(z0.shape) != shape:
                 raise ValueError(f"z0 must have shape {shape}, got {tuple(z0.shape)}")
             return z0
-        last = self._last_z
-        if self.settings.warm_start and last is not None and tuple(last.shape) == shape:
-            return last.to(x_emb)
         return x_emb.new_zeros(shape)
 
     @staticmethod

@@ -38,8 +38,7 @@ from torch import Tensor, nn
 from solvers import SolverConfig
 
 from .cells import TransformerCell, TransformerContext, TransformerHistory, rope_tables
-from .config import SolverSettings
-from .deq import DEQLayer
+from .deq import DEQLayer, SolverSettings
 from .layout import concat_layout, layout_positions, next_token_mask
 
 # The cell's state -> q/k/v weights start scaled by this factor. With PyTorch's default initialisation the random

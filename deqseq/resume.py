@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import ConfigError
+from .checks import ConfigError
 
 # Dotted keys (or "section." prefixes) that may differ between the saved config and the resumed one.
 MAY_CHANGE = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import ConfigError
+from .checks import ConfigError
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml")  # what a run writes into its folder
 LOCK_NAME = ".lock"

@@ -190,3 +190,36 @@ def test_sections_validate_when_built_directly():
     with pytest.raises(ValueError, match=r"Config\.train must be a TrainConfig"):
         Config(train=RunConfig())
     assert TrainConfig(betas=[0.5, 0.6]).betas == (0.5, 0.6)
+
+
+def test_the_schema_is_an_omegaconf_structured_config():
+    from omegaconf import OmegaConf
+
+    from deqseq.config.loader import _defaults
+
+    node = _defaults()
+    assert OmegaConf.get_type(node.solver.forward) is SolverConfig
+    assert node.train.max_steps == 1000 and node.model.cell == "transformer"
+    assert yaml.safe_load(dump_yaml(Config())) == config_to_dict(Config())
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("train.lr=.inf", "train.lr=.inf: expected a number"),
+    ("solver.forward.tol=.nan", "solver.forward.tol=.nan: expected a number"),
+    ("train.resume=yes please", "train.resume=yes please: expected true or false"),
+    ("solver.warm_start=true", "'solver.warm_start' is no longer a config key"),
+])
+def test_values_omegaconf_would_accept_are_still_refused(override, expected):
+    assert expected in _error([override])
+
+
+def test_integral_numbers_fill_integer_fields_and_text_fills_strings():
+    cfg = load_config(None, ["train.max_steps=2e3", "data.seq_len=32.0", "run.name=007", "tracking.project=1e3"])
+    assert cfg.train.max_steps == 2000 and isinstance(cfg.train.max_steps, int) and cfg.data.seq_len == 32
+    assert cfg.run.name == "007" and cfg.tracking.project == "1e3"
+
+
+def test_configs_saved_by_earlier_versions_still_load():
+    saved = config_to_dict(Config())
+    saved["solver"]["warm_start"] = False  # a key this version retired
+    assert config_from_dict(saved) == Config()

@@ -68,7 +68,6 @@ def test_model_config_errors_name_the_field(kwargs, field, allowed):
     (dict(batch_dims=3), "SolverSettings.batch_dims", "1, 2"),
     (dict(jac_weight=-1.0), "SolverSettings.jac_weight", ">= 0"),
     (dict(jac_prob=1.5), "SolverSettings.jac_prob", "[0, 1]"),
-    (dict(warm_start="yes"), "SolverSettings.warm_start", "true or false"),
     (dict(forward={"tol": 1e-3}), "SolverSettings.forward", "SolverConfig"),
 ])
 def test_solver_settings_errors_name_the_field(kwargs, field, allowed):
@@ -82,7 +81,7 @@ def test_defaults():
     assert (cfg.cell, cfg.vocab_size, cfg.d_model, cfg.embed_dim, cfg.cond_dim) == ("transformer", 256, 128, 128, 0)
     assert (s.forward.method, s.forward.max_iter, s.forward.tol, s.forward.stop) == ("broyden", 30, 1e-4, "rel")
     assert (s.backward.method, s.backward.max_iter, s.backward.tol) == ("broyden", 30, 1e-5)
-    assert (s.grad, s.batch_dims, s.jac_weight, s.jac_prob, s.warm_start) == ("implicit", 1, 0.0, 1.0, False)
+    assert (s.grad, s.batch_dims, s.jac_weight, s.jac_prob) == ("implicit", 1, 0.0, 1.0)
     assert ModelConfig(d_model=16, d_embed=8).embed_dim == 8
     assert isinstance(build_input(ModelConfig()), TokenEmbedding)
 
@@ -324,17 +323,18 @@ def test_weight_norm_is_cached_during_the_solve(cell, n_weights, monkeypatch):
 # warm start and the bare layer
 
 
-def test_warm_start_reuses_the_previous_equilibrium():
+def test_warm_start_is_the_z0_argument_and_the_layer_keeps_no_state():
     model = make_model("trellis", tight(1e-8)).eval()
-    model.settings.warm_start = True
     x = tokens()
     with torch.no_grad():
         first = model(x)
-        again = model(x)
-        other_shape = model(x[:, :5])
+        again = model(x, z0=first.z)
+        cold = model(x)
     assert again.stats.nstep.max() == 0 and again.stats.nfe == 1  # started at the equilibrium
     assert (again.z - first.z).abs().max() < 1e-7
-    assert other_shape.stats.nstep.max() > 0  # a different shape starts from zeros
+    assert cold.stats.nstep.max() > 0 and torch.equal(cold.z, first.z)  # no hidden warm start between calls
+    with pytest.raises(ValueError, match="z0 must have shape"):
+        model(x, z0=first.z[:, :5])
 
 
 def test_deq_layer_alone():
