@@ -1,6 +1,7 @@
 """deqseq: deep equilibrium sequence models."""
 
 from . import cells
+from .cells import CELLS, register_cell
 from .checkpoint import load_checkpoint
 from .config import Config, ModelConfig, SolverSettings, load_config
 from .data import load_corpus
@@ -15,6 +16,8 @@ from .scoring import Score, score
 from .training import Trainer, TrainResult, train
 
 __all__ = [
+    "CELLS",
+    "register_cell",
     "Config",
     "DEQLayer",
     "DEQOutput",

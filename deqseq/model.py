@@ -66,16 +66,6 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
-def _build_cell(cfg: ModelConfig):
-    """The cell the config names, injecting cfg.embed_dim input features."""
-    if cfg.cell == "transformer":
-        return build_cell("transformer", d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff,
-                          d_input=cfg.embed_dim, dropout=cfg.dropout, norm=cfg.norm,
-                          weight_norm=cfg.weight_norm, window=cfg.window, state_skip=cfg.state_skip)
-    return build_cell("trellis", hidden=cfg.d_model, d_input=cfg.embed_dim, kernel_size=cfg.kernel_size,
-                      dilation=cfg.dilation, dropout=cfg.dropout, weight_norm=cfg.weight_norm)
-
-
 class DEQSequenceModel(nn.Module):
     """A causal sequence model whose single layer is the equilibrium of a weight-tied cell.
 
@@ -94,7 +84,7 @@ class DEQSequenceModel(nn.Module):
         self.config = config
         self.input = input if input is not None else build_input(config)
         self.cond = nn.Linear(config.cond_dim, config.embed_dim) if config.cond_dim > 0 else None
-        self.deq = DEQLayer(_build_cell(config), solver if solver is not None else SolverSettings())
+        self.deq = DEQLayer(build_cell(config), solver if solver is not None else SolverSettings())
         self.head = head if head is not None else build_head(config, self.deq.cell.readout_dim)
         if config.tie_embeddings:
             self.head.tie(self.input.weight)

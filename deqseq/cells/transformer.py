@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -146,6 +147,22 @@ class TransformerContext(Context):
     kv_store: tuple[KVStore, int] | None = None
 
 
+class TransformerSpec(Protocol):
+    """What `TransformerCell.from_config` reads of a model config (deqseq's ModelConfig has it)."""
+
+    d_model: int
+    n_heads: int
+    d_ff: int
+    dropout: float
+    norm: str
+    weight_norm: bool
+    window: int | None
+    state_skip: bool
+
+    @property
+    def embed_dim(self) -> int: ...
+
+
 class TransformerCell(Cell):
     """Weight-tied causal transformer block f(z, ctx); the injection u is added to the q/k/v projections.
 
@@ -199,6 +216,14 @@ class TransformerCell(Cell):
         if weight_norm:
             for name in ("inject", "qkv", "proj", "ff1", "ff2"):
                 setattr(self, name, _weight_norm(getattr(self, name)))
+
+    @classmethod
+    def from_config(cls, cfg: TransformerSpec) -> TransformerCell:
+        """The cell a model config describes, injecting cfg.embed_dim input features (the "transformer" entry
+        of deqseq.cells.CELLS)."""
+        return cls(d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff, d_input=cfg.embed_dim,
+                   dropout=cfg.dropout, norm=cfg.norm, weight_norm=cfg.weight_norm, window=cfg.window,
+                   state_skip=cfg.state_skip)
 
     def empty_history(self, batch_size: int, device, dtype) -> TransformerHistory:
         """No frozen keys/values yet (length-0 tensors), offset 0."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,19 @@ class TrellisContext(Context):
     x_next: Tensor  # (B, (k-1)*d, d_input): the input left context once these T positions are frozen
 
 
+class TrellisSpec(Protocol):
+    """What `TrellisCell.from_config` reads of a model config (deqseq's ModelConfig has it)."""
+
+    d_model: int
+    kernel_size: int
+    dilation: int
+    dropout: float
+    weight_norm: bool
+
+    @property
+    def embed_dim(self) -> int: ...
+
+
 class TrellisCell(Cell):
     """Weight-tied trellis cell on the state z = [h; c] (state_dim = 2*hidden).
 
@@ -65,6 +79,13 @@ class TrellisCell(Cell):
         if weight_norm:
             self.conv_x = _weight_norm(self.conv_x)
             self.conv_h = _weight_norm(self.conv_h)
+
+    @classmethod
+    def from_config(cls, cfg: TrellisSpec) -> TrellisCell:
+        """The cell a model config describes (hidden = cfg.d_model), injecting cfg.embed_dim input features (the
+        "trellis" entry of deqseq.cells.CELLS)."""
+        return cls(hidden=cfg.d_model, d_input=cfg.embed_dim, kernel_size=cfg.kernel_size, dilation=cfg.dilation,
+                   dropout=cfg.dropout, weight_norm=cfg.weight_norm)
 
     @property
     def readout_dim(self) -> int:

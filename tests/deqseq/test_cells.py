@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
+from deqseq import ModelConfig
 from deqseq.cells import (
+    CELLS,
     Cell,
     TransformerCell,
     TrellisCell,
@@ -33,7 +35,8 @@ def make_cell(key: str, seed: int = 0, **overrides) -> Cell:
     """A float64 cell in eval mode with seeded random weights."""
     name, kwargs = CELL_KWARGS[key]
     torch.manual_seed(seed)
-    return build_cell(name, **{**kwargs, **overrides}).double().eval()
+    cls = {"trellis": TrellisCell, "transformer": TransformerCell}[name]
+    return cls(**{**kwargs, **overrides}).double().eval()
 
 
 def rand_zx(cell: Cell, seed: int = 1, batch: int = B, length: int = T) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,11 +315,16 @@ def test_attn_mask_replaces_causal_mask():
 # 9. factory and history utilities
 
 
-def test_build_cell():
-    assert isinstance(build_cell("trellis", hidden=4, d_input=3), TrellisCell)
-    assert isinstance(build_cell("transformer", d_model=8, n_heads=2, d_ff=16, d_input=3), TransformerCell)
-    with pytest.raises(ValueError, match="nope") as err:
-        build_cell("nope")
+def test_build_cell_from_the_config():
+    trellis = build_cell(ModelConfig(cell="trellis", d_model=4, d_embed=3, kernel_size=3, dilation=2))
+    assert isinstance(trellis, TrellisCell) and trellis.state_dim == 8 and trellis.pad == 4
+    assert trellis.conv_x.in_channels == 3
+    transformer = build_cell(ModelConfig(d_model=8, n_heads=2, d_ff=16, d_embed=3, window=5, norm="post"))
+    assert isinstance(transformer, TransformerCell) and transformer.window == 5 and transformer.norm == "post"
+    assert transformer.inject.in_features == 3 and transformer.d_ff == 16
+    assert sorted(CELLS) == ["transformer", "trellis"]
+    with pytest.raises(ValueError, match="unknown cell 'nope'") as err:
+        CELLS.entry("nope")
     assert "transformer" in str(err.value) and "trellis" in str(err.value)
 
 
