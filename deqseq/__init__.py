@@ -4,7 +4,7 @@ from . import cells
 from .cells import CELLS, register_cell
 from .checkpoint import load_checkpoint
 from .config import Config, ModelConfig, SolverSettings, load_config
-from .data import load_corpus
+from .data import SOURCES, load_corpus, register_source
 from .deq import DEQLayer, DEQOutput
 from .equivalence import EquivalenceReport, check_equivalence
 from .forecast import continue_series
@@ -17,7 +17,9 @@ from .training import Trainer, TrainResult, train
 
 __all__ = [
     "CELLS",
+    "SOURCES",
     "register_cell",
+    "register_source",
     "Config",
     "DEQLayer",
     "DEQOutput",

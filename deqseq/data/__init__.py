@@ -7,7 +7,7 @@ from .digits import ImageData, is_image_source, load_digits_images
 from .errors import DataError, UnknownSymbolError
 from .markov import MarkovChain
 from .series import SeriesBatcher, SeriesData
-from .sources import SCHEME_TOKENIZERS, SCHEMES, load_corpus
+from .sources import SCHEME_TOKENIZERS, SCHEMES, SOURCES, SourceEntry, load_corpus, register_source
 from .stdlib import assign_splits, read_stdlib, split_of, stdlib_files, stdlib_root
 from .tokenizers import (
     TOKENIZERS,
@@ -22,6 +22,7 @@ from .tokenizers import (
 __all__ = [
     "SCHEMES",
     "SCHEME_TOKENIZERS",
+    "SOURCES",
     "SPLITS",
     "TOKENIZERS",
     "ByteTokenizer",
@@ -33,6 +34,7 @@ __all__ = [
     "MarkovChain",
     "SeriesBatcher",
     "SeriesData",
+    "SourceEntry",
     "StreamBatcher",
     "Tokenizer",
     "UnknownSymbolError",
@@ -42,6 +44,7 @@ __all__ = [
     "load_corpus",
     "load_digits_images",
     "read_stdlib",
+    "register_source",
     "split_by_position",
     "split_of",
     "split_sizes",

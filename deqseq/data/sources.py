@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..registry import Registry
 from .corpus import SPLITS, Corpus, split_by_position, split_sizes
 from .digits import ImageData, load_digits_images
 from .errors import DataError
@@ -23,27 +25,62 @@ from .series import MAX_SERIES_VALUES, SeriesData, fourier_series, parse_cond, p
 from .stdlib import read_stdlib
 from .tokenizers import ByteTokenizer, CharTokenizer, IdTokenizer, Tokenizer, WordTokenizer
 
-SCHEMES = {
-    "stdlib": "stdlib[:max_bytes=N]",
-    "text": "text:PATH",
-    "wikitext103": "wikitext103:DIR",
-    "ptb": "ptb:DIR",
-    "enwik8": "enwik8:PATH",
-    "markov": "markov:order=2,vocab=16,seed=0,length=200000[,concentration=0.5]",
-    "fourier": "fourier:series=2000,length=129,terms=3,periods=8-32,noise=0.05,seed=0,cond=none",
-    "digits": "digits:seed=0,cond=class",
-}
-# The tokenizers each scheme accepts; the first is its default. An empty tuple: real-valued data, no tokenizer.
-SCHEME_TOKENIZERS = {
-    "stdlib": ("byte", "char", "word"),
-    "text": ("byte", "char", "word"),
-    "wikitext103": ("word",),
-    "ptb": ("word",),
-    "enwik8": ("byte",),
-    "markov": ("id",),
-    "fourier": (),
-    "digits": (),
-}
+Data = Corpus | SeriesData | ImageData
+# load(spec, options, tokenizer, max_vocab, min_count): the whole spec, the text after "scheme:", the tokenizer
+# name (None for a source without tokenizers) and the word-vocabulary limits.
+Loader = Callable[[str, str, str | None, int | None, int], Data]
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """A registered data source (the scheme of a spec "scheme:options").
+
+    load:       load(spec, options, tokenizer, max_vocab, min_count) -> Corpus | SeriesData | ImageData.
+    usage:      the spec's format, shown in errors ("markov:order=2,vocab=16,...").
+    tokenizers: the tokenizer names it accepts, the first its default; () for data that takes none.
+    kind:       what its data is, for the error when a tokenizer is given to a source without any.
+    """
+
+    load: Loader
+    usage: str
+    tokenizers: tuple[str, ...] = ()
+    kind: str = "not text"
+
+
+SOURCES: Registry[SourceEntry] = Registry("data source")
+
+
+def register_source(name: str, load: Loader, *, usage: str | None = None, tokenizers: tuple[str, ...] = (),
+                    kind: str = "not text", replace: bool = False) -> SourceEntry:
+    """Make `name` a data spec scheme ("name" or "name:options") that load_corpus loads with
+    load(spec, options, tokenizer, max_vocab, min_count); usage (default: name) is its format in error messages,
+    tokenizers those it accepts (first = default; () for none). ValueError for a name already registered unless
+    replace=True."""
+    if ":" in name:
+        raise ValueError(f"a data source name cannot contain ':', got {name!r}")
+    entry = SourceEntry(load, usage if usage is not None else name, tuple(tokenizers), kind)
+    return SOURCES.register(name, entry, replace=replace)
+
+
+class _FieldView(Mapping):
+    """A read-only name -> entry.<field> view of SOURCES."""
+
+    def __init__(self, field: str) -> None:
+        self._field = field
+
+    def __getitem__(self, name: str):
+        return getattr(SOURCES[name], self._field)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SOURCES)
+
+    def __len__(self) -> int:
+        return len(SOURCES)
+
+
+SCHEMES: Mapping[str, str] = _FieldView("usage")  # scheme -> its spec format
+SCHEME_TOKENIZERS: Mapping[str, tuple[str, ...]] = _FieldView("tokenizers")  # first = default; () = no tokenizer
+
 SPLIT_FILES = {
     "wikitext103": {"train": "wiki.train.tokens", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"},
     "ptb": {"train": "ptb.train.txt", "valid": "ptb.valid.txt", "test": "ptb.test.txt"},
@@ -339,22 +376,24 @@ def _corpus(spec: str, ids: dict[str, Tensor], tok: Tokenizer, description: str,
     return Corpus(ids["train"], ids["valid"], ids["test"], tok, tok.unit, entropy, spec, description)
 
 
-_LOADERS = {
-    "stdlib": _load_stdlib,
-    "text": _load_text,
-    "wikitext103": _load_split_files("wikitext103"),
-    "ptb": _load_split_files("ptb"),
-    "enwik8": _load_enwik8,
-    "markov": _load_markov,
-    "fourier": _load_fourier,
-    "digits": _load_digits,
-}
+register_source("stdlib", _load_stdlib, usage="stdlib[:max_bytes=N]", tokenizers=("byte", "char", "word"))
+register_source("text", _load_text, usage="text:PATH", tokenizers=("byte", "char", "word"))
+register_source("wikitext103", _load_split_files("wikitext103"), usage="wikitext103:DIR", tokenizers=("word",))
+register_source("ptb", _load_split_files("ptb"), usage="ptb:DIR", tokenizers=("word",))
+register_source("enwik8", _load_enwik8, usage="enwik8:PATH", tokenizers=("byte",))
+register_source("markov", _load_markov, usage="markov:order=2,vocab=16,seed=0,length=200000[,concentration=0.5]",
+                tokenizers=("id",))
+register_source("fourier", _load_fourier,
+                usage="fourier:series=2000,length=129,terms=3,periods=8-32,noise=0.05,seed=0,cond=none",
+                kind="real-valued")
+register_source("digits", _load_digits, usage="digits:seed=0,cond=class", kind="pixel levels")
 
 
 def load_corpus(
     spec: str = "stdlib", tokenizer_name: str | None = None, *, max_vocab: int | None = None, min_count: int = 1
 ) -> Corpus | SeriesData | ImageData:
-    """Load the corpus a spec names (see SCHEMES), tokenized with tokenizer_name or the scheme's default.
+    """Load the corpus a spec names (see SCHEMES; `register_source` adds schemes), tokenized with tokenizer_name
+    or the scheme's default.
 
     - `stdlib[:max_bytes=N]`: this interpreter's standard library .py files (no tests, IDLE or site-packages,
       none over 1 MB), split ~90/5/5 by the SHA-1 of each relative path; max_bytes caps the total (90/5/5 of it).
@@ -373,18 +412,18 @@ def load_corpus(
     A bad spec raises DataError with one line naming the problem and the allowed specs.
     """
     scheme, _, options = spec.strip().partition(":")
-    if scheme not in _LOADERS:
+    if scheme not in SOURCES:
         raise DataError(f"unknown data spec {spec!r}; {_schemes_line()}")
-    allowed = SCHEME_TOKENIZERS[scheme]
+    source = SOURCES[scheme]
+    allowed = source.tokenizers
     if not allowed:
         if tokenizer_name is not None:
-            kind = "real-valued" if scheme == "fourier" else "pixel levels"
-            raise DataError(f"{scheme} data is {kind} and takes no tokenizer; got tokenizer {tokenizer_name!r} "
-                            f"(leave it unset)")
-        return _LOADERS[scheme](spec, options.strip(), None, max_vocab, min_count)
+            raise DataError(f"{scheme} data is {source.kind} and takes no tokenizer; got tokenizer "
+                            f"{tokenizer_name!r} (leave it unset)")
+        return source.load(spec, options.strip(), None, max_vocab, min_count)
     tok_name = allowed[0] if tokenizer_name is None else tokenizer_name
     if tok_name not in allowed:
         raise DataError(f"tokenizer {tok_name!r} is not available for {scheme} data; allowed: {', '.join(allowed)}")
     if max_vocab is not None and max_vocab < len(WordTokenizer.specials):
         raise DataError(f"max_vocab={max_vocab} must be at least {len(WordTokenizer.specials)} (<eos> and <unk>)")
-    return _LOADERS[scheme](spec, options.strip(), tok_name, max_vocab, min_count)
+    return source.load(spec, options.strip(), tok_name, max_vocab, min_count)
