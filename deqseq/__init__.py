@@ -9,16 +9,24 @@ from .deq import DEQLayer, DEQOutput
 from .equivalence import EquivalenceReport, check_equivalence
 from .forecast import continue_series
 from .generation import Generation, TokenStep, generate, stream
+from .heads import HEADS, register_head
+from .inputs import INPUTS, register_input
 from .layout import NextTokenLayout
 from .model import DEQSequenceModel, ModelOutput, eval_mode
+from .model_io import ModelIO
 from .sampling import SamplingConfig
 from .scoring import Score, score
 from .training import Trainer, TrainResult, train
 
 __all__ = [
     "CELLS",
+    "HEADS",
+    "INPUTS",
     "SOURCES",
+    "ModelIO",
     "register_cell",
+    "register_head",
+    "register_input",
     "register_source",
     "Config",
     "DEQLayer",

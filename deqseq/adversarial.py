@@ -18,12 +18,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .config import ADVERSARIAL_MODES
 from .discriminator import NextTokenDiscriminator
-from .heads import CategoricalHead
 from .inputs import OneHotLinear, TokenEmbedding
+from .model import DEQSequenceModel
 
 RELAXATIONS = ADVERSARIAL_MODES[1:]
 
@@ -62,18 +62,18 @@ def relaxed_one_hot(logits: Tensor, mode: str, tau: float = 1.0, generator: torc
     return hard + (soft - soft.detach())  # hard exactly (x + 0 == x), gradient of soft
 
 
-def check_adversarial_model(model: nn.Module) -> None:
+def check_adversarial_model(model: DEQSequenceModel) -> None:
     """Raise ValueError unless model takes token ids through an embedding or one-hot input and has a
     categorical head (adversarial training embeds sampled tokens with the model's own input transform)."""
-    if not isinstance(getattr(model, "input", None), TokenEmbedding | OneHotLinear):
+    if not isinstance(model.input, TokenEmbedding | OneHotLinear):
         raise ValueError("adversarial training needs token-id inputs (model.input 'embedding' or 'onehot'), "
-                         f"got {type(getattr(model, 'input', None)).__name__}")
-    if not isinstance(getattr(model, "head", None), CategoricalHead):
-        raise ValueError("adversarial training needs a categorical head, "
-                         f"got {type(getattr(model, 'head', None)).__name__}")
+                         f"got {type(model.input).__name__}")
+    if not model.io.categorical:
+        raise ValueError(f"adversarial training needs a categorical head (one that emits ids), got "
+                         f"{type(model.head).__name__} (emits {model.io.emits})")
 
 
-def token_embeddings(model: nn.Module, onehot: Tensor) -> Tensor:
+def token_embeddings(model: DEQSequenceModel, onehot: Tensor) -> Tensor:
     """Embed (relaxed) one-hot vectors (B, T, V) with the model's own input transform: (B, T, C).
 
     TokenEmbedding: onehot @ table (equal to the lookup for hard one-hots); OneHotLinear: the module itself.
@@ -109,7 +109,7 @@ class AdversarialTraining:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: DEQSequenceModel,
         mode: str,
         weight: float,
         tau: float = 1.0,

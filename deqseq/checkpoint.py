@@ -85,15 +85,17 @@ def load_checkpoint(
     """The model (in eval mode, on `device`, in the run's dtype), tokenizer and config saved in a checkpoint
     (a .pt file, or a run directory for its last.pt); CheckpointError with one line when it cannot be used.
     The tokenizer is None for a model of real-valued inputs."""
-    from .config import REAL_INPUTS, ConfigError, config_from_dict
+    from .config import ConfigError, config_from_dict
     from .data import DataError, tokenizer_from_state
+    from .inputs import INPUTS
     from .model import DEQSequenceModel
 
     state = read_checkpoint(path, map_location=device)
     try:
         config = config_from_dict(state["config"])
         saved_tokenizer = state.get("tokenizer") or {"name": "id", "vocab_size": config.model.vocab_size}
-        tokenizer = None if config.model.input in REAL_INPUTS else tokenizer_from_state(saved_tokenizer)
+        reads_values = INPUTS[config.model.input].reads == "values"
+        tokenizer = None if reads_values else tokenizer_from_state(saved_tokenizer)
     except (ConfigError, DataError) as err:
         raise CheckpointError(f"checkpoint {path} has an unusable config or tokenizer: {err}") from None
     if tokenizer is not None and tokenizer.vocab_size > config.model.vocab_size:

@@ -71,7 +71,7 @@ def continue_series(
     truth: the true continuation (steps, Q), kept for tables and plots. The model must take real values whose
     width equals its head's (so samples can be fed back). mem_len: the attention window, as in `generate`.
     """
-    if getattr(model.input, "takes_ids", True):
+    if model.io.reads != "values":
         raise ValueError(f"continue_series needs a model of real-valued inputs, not input={model.config.input!r}")
     x = prefix[:, None] if prefix.dim() == 1 else prefix
     if cond is not None:

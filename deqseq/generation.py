@@ -137,33 +137,25 @@ PAD = -1  # fills Generation.ids after the shorter rows of prompts of different 
 
 def model_prompt(model: DEQSequenceModel, prompt: Tensor | Sequence) -> tuple[Tensor, Tensor]:
     """The prompt as the model's input and each row's length: (B, P) ids (rows of a ragged list padded with 0
-    up to the longest; positions past a row's length are never fed), or (B, P, in_dim) values for real-valued
-    input transforms (one length); lengths (B,)."""
+    up to the longest; positions past a row's length are never fed), or (B, P, in_dim) values for a model that
+    reads real values (one length); lengths (B,)."""
     weight = next(model.parameters())
-    if getattr(model.input, "takes_ids", True):
+    if model.io.reads == "ids":
         return prompt_rows(prompt, weight.device)
-    values = as_values_prompt(prompt, model.input.in_dim, weight.device, weight.dtype)
+    values = as_values_prompt(prompt, model.io.value_width, weight.device, weight.dtype)
     return values, torch.full((values.shape[0],), values.shape[1], dtype=torch.long, device=weight.device)
 
 
 def next_input(model: DEQSequenceModel, sample: Tensor) -> Tensor:
-    """A head's sample for one position (N,) / (N, Q) as the model's next input (N, 1) ids or (N, 1, I) values:
-    ids for a categorical head, level ids for a dmol head over vocab_size levels, or the values themselves
-    when the input takes real values of the head's width."""
-    head, takes_ids = model.head, getattr(model.input, "takes_ids", True)
-    if takes_ids and sample.dim() == 1 and not sample.dtype.is_floating_point:
-        return sample[:, None]
-    if takes_ids and hasattr(head, "to_levels") and sample.shape[-1] == 1 and head.levels == model.config.vocab_size:
-        return head.to_levels(sample)[:, :1]
-    if not takes_ids and sample.dim() == 2 and sample.shape[-1] == getattr(model.input, "in_dim", -1):
-        return sample[:, None, :]
-    raise ValueError(f"cannot feed the {model.config.head!r} head's samples of shape {tuple(sample.shape)[1:]} back "
-                     f"as inputs to a {model.config.input!r} input: generation needs the input and output spaces "
-                     "to match")
-
-
-def _is_categorical(model: DEQSequenceModel) -> bool:
-    return getattr(model.head, "discrete", True) and not hasattr(model.head, "to_levels")
+    """A head's sample for one position (N,) / (N, Q) as the model's next input (N, 1) ids or (N, 1, I) values,
+    as `model.io.feedback` says: ids for a categorical head, level ids for a dmol head over vocab_size levels, or
+    the values themselves when the input takes real values of the head's width."""
+    step = model.io.as_input(sample, model.head)
+    if step is None:
+        raise ValueError(f"cannot feed the {model.config.head!r} head's samples of shape {tuple(sample.shape)[1:]} "
+                         f"back as inputs to a {model.config.input!r} input: generation needs the input and output "
+                         "spaces to match")
+    return step
 
 
 def as_prompt(prompt: Tensor | Sequence[int] | Sequence[Sequence[int]], device: torch.device) -> Tensor:
@@ -253,7 +245,7 @@ def stream(
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty)
-    categorical = _is_categorical(model)
+    categorical = model.io.categorical
     if not categorical and (top_k is not None or top_p < 1 or repetition_penalty != 1 or stop is not None):
         raise ValueError(f"top_k, top_p, repetition_penalty and stop apply to categorical heads only, not to "
                          f"the {model.config.head!r} head (its samples are drawn by head.sample with temperature)")

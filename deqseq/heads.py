@@ -9,17 +9,26 @@ generator)` draws targets using only the given generator. The heads:
 - "mog" (`MixtureOfGaussiansHead`): a mixture of diagonal Gaussians over Q real values; targets (B, T, Q).
 - "dmol" (`DiscretizedLogisticMixtureHead`): the PixelCNN++ discretized mixture of logistics over `levels`
   equally spaced values in [-1, 1]; targets are values (B, T, Q) or level ids.
+
+Every head declares what its samples are (`emits`): "ids" (params are logits over `vocab` ids), "values" (reals
+(B, T, Q)) or "levels" (values on a grid of `levels` points in [-1, 1], with `to_levels` / `from_levels`).
+`HEADS` maps a ModelConfig.head name to its builder and `emits`; `register_head` adds one.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .registry import Registry
+
+Emits = Literal["ids", "values", "levels"]  # what a head's samples are; see ModelIO.emits
 
 class HeadSpec(Protocol):
     """What build_head reads of a config (deqseq.config.ModelConfig has it; this module does not import it)."""
@@ -69,11 +78,13 @@ def _take(x: Tensor, k: Tensor) -> Tensor:
 class Head(nn.Module):
     """The interface of an output head.
 
+    emits:      what a sample is: "ids", "values" or "levels" (values on a level grid; see deqseq.model_io).
     discrete:   whether targets are integer-valued (ids, levels) rather than real values.
     target_dim: Q, the dimensions of one position's target (1 for the categorical head: one id per position).
     num_params: P, the width of the parameter tensor that `forward` returns.
     """
 
+    emits: Emits
     discrete: bool
     target_dim: int
     num_params: int
@@ -125,6 +136,7 @@ class Head(nn.Module):
 class CategoricalHead(Head):
     """Logits over a vocabulary: a linear map (B, T, in_dim) -> (B, T, vocab). Targets are ids (B, T)."""
 
+    emits = "ids"
     discrete = True
 
     def __init__(self, in_dim: int, vocab: int):
@@ -132,6 +144,11 @@ class CategoricalHead(Head):
         self.in_dim, self.vocab = in_dim, vocab
         self.target_dim, self.num_params = 1, vocab
         self.proj = nn.Linear(in_dim, vocab)
+
+    @classmethod
+    def from_config(cls, cfg: HeadSpec, in_dim: int) -> CategoricalHead:
+        """Logits over cfg.vocab_size ids of in_dim readout features."""
+        return cls(in_dim, cfg.vocab_size)
 
     def tie(self, weight: nn.Parameter) -> None:
         """Share a (vocab, in_dim) matrix, e.g. the input embedding table, as the output weight."""
@@ -214,6 +231,7 @@ class MixtureOfGaussiansHead(_MixtureHead):
     probable component. The mode of a Gaussian mixture has no closed form, so `mode` raises.
     """
 
+    emits = "values"
     discrete = False
 
     def __init__(self, in_dim: int, target_dim: int, mixtures: int = 5, min_std: float = 1e-3):
@@ -224,6 +242,11 @@ class MixtureOfGaussiansHead(_MixtureHead):
         # An untrained head: means over [-1, 1] and std ~ 1 (softplus(raw) + min_std = 1).
         raw_std = math.log(math.expm1(1.0 - self.min_std)) if self.min_std < 1 else -5.0
         self._init_layout(in_dim, target_dim, mixtures, mean_spread=1.0, scale_bias=raw_std)
+
+    @classmethod
+    def from_config(cls, cfg: HeadSpec, in_dim: int) -> MixtureOfGaussiansHead:
+        """cfg.mixtures Gaussians over cfg.target_dim values with std >= cfg.min_std."""
+        return cls(in_dim, cfg.target_dim, cfg.mixtures, cfg.min_std)
 
     def components(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(log mixture weights (..., K), means (..., K, Q), stds (..., K, Q)), in float32 or float64."""
@@ -294,6 +317,7 @@ class DiscretizedLogisticMixtureHead(_MixtureHead):
     is the per-dim marginal mode. Bits per dim: `bits_per_dim(nll)` = nll / (Q ln 2).
     """
 
+    emits = "levels"
     discrete = True
     min_log_scale = -7.0
 
@@ -305,6 +329,11 @@ class DiscretizedLogisticMixtureHead(_MixtureHead):
         # An untrained head: means over [-0.5, 0.5], each component's std ~ 0.5 (logistic std = scale * pi / sqrt 3).
         log_scale = math.log(0.5 * math.sqrt(3) / math.pi)
         self._init_layout(in_dim, target_dim, mixtures, mean_spread=0.5, scale_bias=log_scale)
+
+    @classmethod
+    def from_config(cls, cfg: HeadSpec, in_dim: int) -> DiscretizedLogisticMixtureHead:
+        """cfg.mixtures logistics over cfg.target_dim values on cfg.levels levels."""
+        return cls(in_dim, cfg.target_dim, cfg.mixtures, cfg.levels)
 
     def to_levels(self, values: Tensor) -> Tensor:
         """Level ids (long) of the nearest levels to values (values outside [-1, 1] go to the edge levels)."""
@@ -391,19 +420,38 @@ class DiscretizedLogisticMixtureHead(_MixtureHead):
         return self.from_levels(self.to_levels(x.clamp(-1, 1)), mu.dtype)
 
 
-HEADS: dict[str, type[Head]] = {
-    "categorical": CategoricalHead,
-    "mog": MixtureOfGaussiansHead,
-    "dmol": DiscretizedLogisticMixtureHead,
-}
+@dataclass(frozen=True)
+class HeadEntry:
+    """A registered head: build(cfg, in_dim) makes the head a model config (ModelConfig.head = its name)
+    describes, reading in_dim readout features per position; `emits` says what its samples are."""
+
+    build: Callable[[Any, int], nn.Module]
+    emits: Emits
 
 
-def build_head(cfg: HeadSpec, in_dim: int) -> Head:
+HEADS: Registry[HeadEntry] = Registry("head")
+
+
+def register_head(name: str, build: Callable[[Any, int], nn.Module], *, emits: Emits,
+                  replace: bool = False) -> HeadEntry:
+    """Make `name` a valid ModelConfig.head whose head is build(cfg, in_dim) (see `Head` for the interface; a
+    head that emits "ids" returns logits, one that emits "levels" has to_levels / from_levels); ValueError for a
+    name already registered (unless replace=True) or an unknown `emits`."""
+    if emits not in get_args(Emits):
+        raise ValueError(f"head {name!r}: emits={emits!r} must be one of {', '.join(get_args(Emits))}")
+    return HEADS.register(name, HeadEntry(build, emits), replace=replace)
+
+
+def heads_emitting(*kinds: Emits) -> tuple[str, ...]:
+    """The registered head names whose `emits` is one of kinds, in registration order."""
+    return tuple(name for name, entry in HEADS.items() if entry.emits in kinds)
+
+
+def build_head(cfg: HeadSpec, in_dim: int) -> nn.Module:
     """The head named by cfg.head, reading in_dim features per position."""
-    if cfg.head == "categorical":
-        return CategoricalHead(in_dim, cfg.vocab_size)
-    if cfg.head == "mog":
-        return MixtureOfGaussiansHead(in_dim, cfg.target_dim, cfg.mixtures, cfg.min_std)
-    if cfg.head == "dmol":
-        return DiscretizedLogisticMixtureHead(in_dim, cfg.target_dim, cfg.mixtures, cfg.levels)
-    raise ValueError(f"ModelConfig.head={cfg.head!r} is unknown; allowed: {', '.join(sorted(HEADS))}")
+    return HEADS.entry(cfg.head).build(cfg, in_dim)
+
+
+register_head("categorical", CategoricalHead.from_config, emits=CategoricalHead.emits)
+register_head("mog", MixtureOfGaussiansHead.from_config, emits=MixtureOfGaussiansHead.emits)
+register_head("dmol", DiscretizedLogisticMixtureHead.from_config, emits=DiscretizedLogisticMixtureHead.emits)

@@ -1,17 +1,23 @@
 """Input transforms: what turns a batch of raw inputs into the (B, T, d_embed) tensor the DEQ layer injects.
 
-Two kinds of input exist: integer ids (B, T) ("embedding", "onehot") and real values (B, T, in_dim) ("linear",
-"mlp"). Every transform is a differentiable nn.Module with `takes_ids` and `in_dim` attributes, so the model can
-check a batch before it reaches the solver; a user-supplied module needs only forward() (the checks are skipped
-for attributes it lacks).
+Two kinds of input exist (`reads`): integer ids (B, T) ("embedding", "onehot") and real values (B, T, in_dim)
+("linear" and "mlp"). Every transform is a differentiable nn.Module that declares `reads` (and `vocab` or
+`in_dim`), so the model can check a batch before it reaches the solver (see deqseq.model_io.ModelIO).
+`INPUTS` maps a ModelConfig.input name to its builder and `reads`; `register_input` adds one.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, get_args
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .registry import Registry
+
+Reads = Literal["ids", "values"]  # what an input transform takes; see ModelIO.reads
 
 
 class InputSpec(Protocol):
@@ -25,15 +31,27 @@ class InputSpec(Protocol):
     def embed_dim(self) -> int: ...
 
 
+def _in_dim(cfg: InputSpec) -> int:
+    """cfg.in_dim, which an input of real values cannot be built without."""
+    if cfg.in_dim is None:
+        raise ValueError(f"ModelConfig.input={cfg.input!r} takes real values and needs in_dim (features per position)")
+    return cfg.in_dim
+
+
 class TokenEmbedding(nn.Module):
     """Token ids (B, T) -> embeddings (B, T, dim) from a learned table."""
 
-    takes_ids = True
+    reads = "ids"
 
     def __init__(self, vocab: int, dim: int):
         super().__init__()
         self.vocab, self.dim, self.in_dim = vocab, dim, vocab
         self.table = nn.Embedding(vocab, dim)
+
+    @classmethod
+    def from_config(cls, cfg: InputSpec) -> TokenEmbedding:
+        """A table of cfg.vocab_size rows of cfg.embed_dim features."""
+        return cls(cfg.vocab_size, cfg.embed_dim)
 
     @property
     def weight(self) -> nn.Parameter:
@@ -52,13 +70,18 @@ class OneHotLinear(nn.Module):
     codebases use; it also accepts relaxed one-hot vectors (B, T, vocab), e.g. Gumbel-softmax samples.
     """
 
-    takes_ids = True
+    reads = "ids"
     accepts_relaxed = True
 
     def __init__(self, vocab: int, dim: int):
         super().__init__()
         self.vocab, self.dim, self.in_dim = vocab, dim, vocab
         self.proj = nn.Linear(vocab, dim)
+
+    @classmethod
+    def from_config(cls, cfg: InputSpec) -> OneHotLinear:
+        """A linear map of one-hot vectors over cfg.vocab_size ids to cfg.embed_dim features."""
+        return cls(cfg.vocab_size, cfg.embed_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         """ids (B, T), or already one-hot / relaxed (B, T, vocab) floats, to (B, T, dim)."""
@@ -70,12 +93,17 @@ class OneHotLinear(nn.Module):
 class LinearInput(nn.Module):
     """Real values (B, T, in_dim) -> a linear map to (B, T, dim)."""
 
-    takes_ids = False
+    reads = "values"
 
     def __init__(self, in_dim: int, dim: int):
         super().__init__()
         self.in_dim, self.dim = in_dim, dim
         self.proj = nn.Linear(in_dim, dim)
+
+    @classmethod
+    def from_config(cls, cfg: InputSpec) -> LinearInput:
+        """A linear map of cfg.in_dim values to cfg.embed_dim features."""
+        return cls(_in_dim(cfg), cfg.embed_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, in_dim) -> (B, T, dim)."""
@@ -85,7 +113,7 @@ class LinearInput(nn.Module):
 class MLPInput(nn.Module):
     """Real values (B, T, in_dim) -> Linear -> GELU -> Linear to (B, T, dim): a learned per-step featurisation."""
 
-    takes_ids = False
+    reads = "values"
 
     def __init__(self, in_dim: int, dim: int, hidden: int | None = None):
         super().__init__()
@@ -93,42 +121,49 @@ class MLPInput(nn.Module):
         hidden = hidden or 2 * dim
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
+    @classmethod
+    def from_config(cls, cfg: InputSpec) -> MLPInput:
+        """An MLP from cfg.in_dim values to cfg.embed_dim features."""
+        return cls(_in_dim(cfg), cfg.embed_dim)
+
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, in_dim) -> (B, T, dim)."""
         return self.net(x.to(self.net[0].weight.dtype))
 
 
-INPUTS: dict[str, type[nn.Module]] = {
-    "embedding": TokenEmbedding,
-    "onehot": OneHotLinear,
-    "linear": LinearInput,
-    "mlp": MLPInput,
-}
+@dataclass(frozen=True)
+class InputEntry:
+    """A registered input transform: build(cfg) makes the module a model config (ModelConfig.input = its name)
+    describes, producing cfg.embed_dim features per position; `reads` says what it takes."""
+
+    build: Callable[[Any], nn.Module]
+    reads: Reads
+
+
+INPUTS: Registry[InputEntry] = Registry("input")
+
+
+def register_input(name: str, build: Callable[[Any], nn.Module], *, reads: Reads,
+                   replace: bool = False) -> InputEntry:
+    """Make `name` a valid ModelConfig.input whose transform is build(cfg), mapping ids (B, T) (reads="ids") or
+    values (B, T, cfg.in_dim) (reads="values") to (B, T, cfg.embed_dim); ValueError for a name already registered
+    (unless replace=True) or an unknown `reads`."""
+    if reads not in get_args(Reads):
+        raise ValueError(f"input {name!r}: reads={reads!r} must be one of {', '.join(get_args(Reads))}")
+    return INPUTS.register(name, InputEntry(build, reads), replace=replace)
+
+
+def inputs_reading(*kinds: Reads) -> tuple[str, ...]:
+    """The registered input names whose `reads` is one of kinds, in registration order."""
+    return tuple(name for name, entry in INPUTS.items() if entry.reads in kinds)
 
 
 def build_input(cfg: InputSpec) -> nn.Module:
     """The input transform named by cfg.input, producing cfg.embed_dim features per position."""
-    if cfg.input not in INPUTS:
-        raise ValueError(f"ModelConfig.input={cfg.input!r} is unknown; allowed: {', '.join(sorted(INPUTS))}")
-    if cfg.input in ("embedding", "onehot"):
-        return INPUTS[cfg.input](cfg.vocab_size, cfg.embed_dim)
-    if cfg.in_dim is None:
-        raise ValueError(f"ModelConfig.input={cfg.input!r} takes real values and needs in_dim (features per position)")
-    return INPUTS[cfg.input](cfg.in_dim, cfg.embed_dim)
+    return INPUTS.entry(cfg.input).build(cfg)
 
 
-def check_input(transform: nn.Module, x: Tensor) -> None:
-    """Raise ValueError with one line when x does not fit the transform (ids vs real values, feature width)."""
-    takes_ids = getattr(transform, "takes_ids", None)
-    if takes_ids is None:  # a user-supplied module: it knows best
-        return
-    if takes_ids:
-        relaxed_ok = getattr(transform, "accepts_relaxed", False) and x.dim() == 3 and x.shape[-1] == transform.in_dim
-        if x.dtype.is_floating_point and not relaxed_ok:
-            raise ValueError(f"this model takes integer ids of shape (B, T), got {x.dtype} {tuple(x.shape)}")
-        if not x.dtype.is_floating_point and x.dim() != 2:
-            raise ValueError(f"ids must have shape (B, T), got {tuple(x.shape)}")
-        return
-    if not x.dtype.is_floating_point or x.dim() != 3 or x.shape[-1] != transform.in_dim:
-        raise ValueError(f"this model takes real values of shape (B, T, {transform.in_dim}), "
-                         f"got {x.dtype} {tuple(x.shape)}")
+register_input("embedding", TokenEmbedding.from_config, reads=TokenEmbedding.reads)
+register_input("onehot", OneHotLinear.from_config, reads=OneHotLinear.reads)
+register_input("linear", LinearInput.from_config, reads=LinearInput.reads)
+register_input("mlp", MLPInput.from_config, reads=MLPInput.reads)

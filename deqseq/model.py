@@ -13,10 +13,11 @@ from torch import Tensor, nn
 import solvers
 
 from .cells import History, build_cell
-from .config import ModelConfig, SolverSettings
-from .deq import DEQLayer
-from .heads import CategoricalHead, DiscretizedLogisticMixtureHead, build_head
-from .inputs import build_input, check_input
+from .deq import DEQLayer, SolverSettings
+from .heads import build_head
+from .inputs import build_input
+from .model_config import ModelConfig
+from .model_io import ModelIO, derive_io
 
 
 @dataclass
@@ -76,20 +77,40 @@ class DEQSequenceModel(nn.Module):
     choice (categorical, mixture of Gaussians, discretized logistic mixture). `input` and `head` replace the
     modules the config names with the user's own: `input` maps x to (B, T, config.embed_dim), `head` maps the
     readout (B, T, readout_dim) to parameters and has `nll(params, target)` (and `sample` for generation).
+
+    `io` (a deqseq.model_io.ModelIO) says what the model reads, what its head emits, what a sample feeds back and
+    what the default targets are. It is derived from the registry entries of the config's input and head; a
+    user's module may declare `reads` / `emits` (and its sizes) as attributes, or pass `io=` to state it outright
+    (the rule: deqseq.model_io).
     """
 
     def __init__(self, config: ModelConfig, solver: SolverSettings | None = None, input: nn.Module | None = None,
-                 head: nn.Module | None = None):
+                 head: nn.Module | None = None, io: ModelIO | None = None):
         super().__init__()
         self.config = config
+        self._io_given: bool | None = None  # set once the modules exist; see __setattr__
         self.input = input if input is not None else build_input(config)
         self.cond = nn.Linear(config.cond_dim, config.embed_dim) if config.cond_dim > 0 else None
         self.deq = DEQLayer(build_cell(config), solver if solver is not None else SolverSettings())
         self.head = head if head is not None else build_head(config, self.deq.cell.readout_dim)
         if config.tie_embeddings:
             self.head.tie(self.input.weight)
+        self._user_modules = {"input": input is not None, "head": head is not None}
+        self._io_given = io is not None
+        self.io = io if io is not None else self._derive_io()
         self.last_stats: solvers.SolverStats | None = None
         self.last_history: History | None = None  # what the last forward leaves for the next segment
+
+    def _derive_io(self) -> ModelIO:
+        user = self._user_modules
+        return derive_io(self.config, self.input, self.head, user_input=user["input"], user_head=user["head"])
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        # An input or head swapped in after construction is the user's: `io` follows it, unless io= was given.
+        if name in ("input", "head") and self._io_given is False:
+            self._user_modules[name] = True
+            self.io = self._derive_io()
 
     @property
     def settings(self) -> SolverSettings:
@@ -143,7 +164,7 @@ class DEQSequenceModel(nn.Module):
         cond is (B, cond_dim) for one vector per sequence or (B, T, cond_dim) for one per position; integer
         class ids (B,) or (B, T) are one-hot encoded over cond_dim classes.
         """
-        check_input(self.input, x)
+        self.io.check_input(x)
         e = self.input(x)
         if cond is None:
             return e
@@ -178,20 +199,14 @@ class DEQSequenceModel(nn.Module):
 
     def next_step_targets(self, x: Tensor) -> Tensor:
         """The targets of positions 0..T-2 when none are given: the next inputs x[:, 1:], which needs the input
-        and the output to live in the same space (ids scored by a categorical head over the same vocabulary,
-        level ids by a dmol head over as many levels, or real values of the head's width)."""
-        head, cfg = self.head, self.config
-        if not x.dtype.is_floating_point:
-            if isinstance(head, CategoricalHead) and head.vocab == getattr(self.input, "vocab", head.vocab):
-                return x[:, 1:]
-            if isinstance(head, DiscretizedLogisticMixtureHead) and head.target_dim == 1 and (
-                    head.levels == cfg.vocab_size):
-                return x[:, 1:, None]
-        elif not getattr(head, "discrete", True) and x.dim() == 3 and x.shape[-1] == head.target_dim:
-            return x[:, 1:]
+        and the output to live in the same space (`io.feedback`: ids scored by a categorical head over the same
+        vocabulary, level ids by a dmol head over as many levels, or real values of the head's width)."""
+        targets = self.io.next_step_targets(x)
+        if targets is not None:
+            return targets
         what = f"ids {tuple(x.shape)}" if not x.dtype.is_floating_point else f"values {tuple(x.shape)}"
-        raise ValueError(f"the batch has no targets 't' and its inputs ({what}) are not in the {cfg.head!r} head's "
-                         f"output space (target_dim={cfg.target_dim}); give batch['t'] with the targets")
+        raise ValueError(f"the batch has no targets 't' and its inputs ({what}) are not in the {self.config.head!r} "
+                         f"head's output space (target_dim={self.io.target_dim}); give batch['t'] with the targets")
 
     def nll(self, out: ModelOutput, batch: dict) -> Tensor:
         """Per-position NLL in nats (B, T') of a forward output against batch["t"], or against the next inputs

@@ -22,7 +22,8 @@ from .cells import History
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import Config, ConfigError, ModelConfig, config_to_dict, dump_yaml
 from .data import Corpus, DataError, ImageData, SeriesBatcher, SeriesData, StreamBatcher, load_corpus
-from .heads import CategoricalHead
+from .heads import HEADS, heads_emitting
+from .inputs import INPUTS, inputs_reading
 from .model import DEQSequenceModel, eval_mode
 from .progress import Progress
 from .resume import check_resumable
@@ -165,33 +166,41 @@ def evaluate_series(model: DEQSequenceModel, values: torch.Tensor, cond: torch.T
     return {"nll": nll, "nll_per_dim": nll / dims, "bits_per_dim": nll / dims / math.log(2), "steps": count}
 
 
+def _either(names: tuple[str, ...]) -> str:
+    return " or ".join(names)
+
+
 def _fit_model_to_data(model: ModelConfig, corpus: Corpus | SeriesData | ImageData, seq_len: int) -> ModelConfig:
     """The model config with the data's sizes filled in (vocab_size, in_dim, cond_dim, and trained_len =
     seq_len); ConfigError when the model cannot read or predict this data."""
-    real_input = model.input in ("linear", "mlp")
+    reads, emits = INPUTS[model.input].reads, HEADS[model.head].emits
+    id_input, id_heads = _either(inputs_reading("ids")), _either(heads_emitting("ids", "levels"))
     if isinstance(corpus, ImageData):
-        if real_input or model.head == "mog":
-            raise ConfigError(f"data.source={corpus.spec!r} gives pixel ids; use model.input embedding or onehot "
-                              f"and model.head categorical or dmol, not input={model.input!r}, head={model.head!r}")
-        if model.head == "dmol" and model.levels != corpus.vocab_size:
-            raise ConfigError(f"model.head='dmol' over pixel ids needs model.levels={corpus.vocab_size} (the "
+        if reads == "values" or emits == "values":
+            raise ConfigError(f"data.source={corpus.spec!r} gives pixel ids; use model.input {id_input} "
+                              f"and model.head {id_heads}, not input={model.input!r}, head={model.head!r}")
+        if emits == "levels" and model.levels != corpus.vocab_size:
+            raise ConfigError(f"model.head={model.head!r} over pixel ids needs model.levels={corpus.vocab_size} (the "
                               f"{corpus.levels} levels and the start token), got {model.levels}")
         if model.cond_dim not in (0, corpus.cond_dim):
             raise ConfigError(f"model.cond_dim={model.cond_dim} does not match the data's {corpus.cond_dim} classes "
                               f"(cond={corpus.cond_kind})")
         return replace(model, vocab_size=corpus.vocab_size, cond_dim=corpus.cond_dim, trained_len=seq_len)
     if isinstance(corpus, Corpus):
-        if real_input or model.head == "mog":
+        if reads == "values" or emits == "values":
             raise ConfigError(f"model.input={model.input!r} / model.head={model.head!r} need real-valued data, but "
-                              f"data.source={corpus.spec!r} gives token ids; use input embedding or onehot and head "
-                              "categorical (or dmol with levels = vocabulary size)")
-        if model.head == "dmol" and model.levels != corpus.tokenizer.vocab_size:
-            raise ConfigError(f"model.head='dmol' over token ids needs model.levels={corpus.tokenizer.vocab_size} "
-                              f"(the vocabulary size), got {model.levels}")
+                              f"data.source={corpus.spec!r} gives token ids; use input {id_input} and head "
+                              f"{_either(heads_emitting('ids'))} (or {_either(heads_emitting('levels'))} with levels = "
+                              "vocabulary size)")
+        if emits == "levels" and model.levels != corpus.tokenizer.vocab_size:
+            raise ConfigError(f"model.head={model.head!r} over token ids needs model.levels="
+                              f"{corpus.tokenizer.vocab_size} (the vocabulary size), got {model.levels}")
         return replace(model, vocab_size=corpus.tokenizer.vocab_size, trained_len=seq_len)
-    if not real_input or model.head == "categorical":
+    if reads == "ids" or emits == "ids":
+        value_inputs, value_heads = _either(inputs_reading("values")), _either(heads_emitting("values", "levels"))
         raise ConfigError(f"data.source={corpus.spec!r} gives real values (B, T, {corpus.in_dim}); use model.input "
-                          f"linear or mlp and model.head mog or dmol, not input={model.input!r}, head={model.head!r}")
+                          f"{value_inputs} and model.head {value_heads}, not input={model.input!r}, "
+                          f"head={model.head!r}")
     for key, have in (("in_dim", corpus.in_dim), ("out_dim", corpus.in_dim)):
         if getattr(model, key) not in (None, have):
             raise ConfigError(f"model.{key}={getattr(model, key)} does not match the data's {have} values per step")
@@ -444,7 +453,7 @@ class Trainer:
         from .generation import generate
 
         prompt = self.corpus.valid[:prompt_len].to(self.device)
-        top_k = 50 if isinstance(self.model.head, CategoricalHead) else None  # other heads sample with temperature
+        top_k = 50 if self.model.io.categorical else None  # other heads sample with temperature only
         ids = generate(self.model, prompt, self.cfg.train.sample_tokens, temperature=0.8, top_k=top_k, seed=self.step)
         return self.corpus.tokenizer.decode(ids[0].tolist())
 

@@ -21,6 +21,7 @@ from deqseq.discriminator import (
     layout_positions,
     next_token_mask,
 )
+from deqseq.heads import MixtureOfGaussiansHead
 
 B, T, C = 2, 5, 8
 VOCAB = 8
@@ -256,10 +257,8 @@ def test_token_embeddings_of_hard_one_hots_equal_the_input_transform(input_kind)
 def test_token_embeddings_errors():
     with pytest.raises(ValueError, match="token-id inputs"):
         token_embeddings(tiny_model(input="linear", in_dim=3), torch.zeros(1, 2, VOCAB))
-    model = tiny_model()
-    model.head = torch.nn.Linear(16, VOCAB)
-    with pytest.raises(ValueError, match="categorical head"):
-        token_embeddings(model, torch.zeros(1, 2, VOCAB))
+    with pytest.raises(ValueError, match="categorical head"):  # its io: emits values
+        token_embeddings(tiny_model(head="mog", out_dim=1), torch.zeros(1, 2, VOCAB))
     with pytest.raises(ValueError, match=r"\(B, T, 8\)"):
         token_embeddings(tiny_model(), torch.zeros(1, 2, VOCAB + 1))
 
@@ -281,7 +280,7 @@ def test_adversarial_training_errors():
         AdversarialTraining(model, "gumbel", -1.0, max_len=8)
     with pytest.raises(ValueError, match="categorical head"):
         bad = tiny_model()
-        bad.head = torch.nn.Linear(16, VOCAB)
+        bad.head = MixtureOfGaussiansHead(16, 1)  # swapped in: model.io follows it (emits values)
         AdversarialTraining(bad, "gumbel", 0.1, max_len=8)
 
 

@@ -456,7 +456,7 @@ def test_categorical_tie() -> None:
 def test_build_head_from_config(kwargs: dict, cls: type, q: int, num_params: int) -> None:
     cfg = ModelConfig(**kwargs)
     head = build_head(cfg, 12)
-    assert type(head) is cls and HEADS[cfg.head] is cls
+    assert type(head) is cls and HEADS[cfg.head].emits == cls.emits == head.emits
     assert head.target_dim == q == cfg.target_dim and head.num_params == num_params
     assert head.discrete == (cfg.head != "mog")
     params = head(torch.randn(2, 5, 12))
