@@ -528,7 +528,7 @@ def _series_command(args, model, config) -> int:
     if args.series is not None:
         prefix, truth, cond = _held_out_series(args, config)
     else:
-        prefix = _series_prompt(args, model.input.in_dim)
+        prefix = _series_prompt(args, model.io.value_width)
     if args.cond is not None:
         cond = _series_cond(args.cond, model)
     if model.cond is not None and cond is None:

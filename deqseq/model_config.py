@@ -11,10 +11,7 @@ from dataclasses import dataclass
 from .cells import CELLS
 from .checks import allowed, check_bool, check_choice, check_int, check_number
 from .heads import HEADS
-from .inputs import INPUTS
-
-NORMS = ("pre", "post")
-REAL_INPUTS = ("linear", "mlp")  # input transforms of real-valued (B, T, in_dim) inputs; the others take ids
+from .inputs import INPUTS, inputs_reading
 
 
 @dataclass
@@ -74,7 +71,6 @@ class ModelConfig:
                               ("kernel_size", 1), ("dilation", 1), ("cond_dim", 0), ("mixtures", 1),
                               ("levels", 2)):
             check_int(owner, name, getattr(self, name), minimum)
-        check_choice(owner, "norm", self.norm, NORMS)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
             raise ValueError(f"{owner}.dropout={self.dropout!r} must be a number in [0, 1)")
         check_bool(owner, "weight_norm", self.weight_norm)
@@ -92,15 +88,15 @@ class ModelConfig:
             if getattr(self, name) is not None:
                 check_int(owner, name, getattr(self, name), 1)
         check_number(owner, "min_std", self.min_std, low=0, high=1e3, low_open=True, high_open=True)
-        if self.input not in REAL_INPUTS and self.in_dim is not None:
+        if INPUTS[self.input].reads != "values" and self.in_dim is not None:
             raise ValueError(f"{owner}.in_dim={self.in_dim} is only for real-valued inputs "
-                             f"(input: {allowed(REAL_INPUTS)}), not input={self.input!r}")
-        if self.head == "categorical" and self.out_dim is not None:
-            raise ValueError(f"{owner}.out_dim={self.out_dim} is for real-valued heads (mog, dmol); the categorical "
+                             f"(input: {allowed(inputs_reading('values'))}), not input={self.input!r}")
+        if HEADS[self.head].emits == "ids" and self.out_dim is not None:
+            raise ValueError(f"{owner}.out_dim={self.out_dim} is for real-valued heads (mog, dmol); the {self.head} "
                              "head's output size is vocab_size")
-        if self.cell == "transformer" and (self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2):
-            raise ValueError(f"{owner}.d_model={self.d_model} must split into n_heads={self.n_heads} heads "
-                             "of even size (rotary embeddings rotate pairs)")
+        cell_check = CELLS[self.cell].check
+        if cell_check is not None:
+            cell_check(self)
         if self.tie_embeddings and (self.input != "embedding" or self.head != "categorical"):
             raise ValueError(f"{owner}.tie_embeddings=True needs input='embedding' and head='categorical', "
                              f"got input={self.input!r}, head={self.head!r}")
@@ -111,7 +107,7 @@ class ModelConfig:
     @property
     def target_dim(self) -> int:
         """Q, the dimensions of one real-valued output (1 for the categorical head, one id per position)."""
-        if self.head == "categorical":
+        if HEADS[self.head].emits == "ids":
             return 1
         return self.out_dim if self.out_dim is not None else (self.in_dim or 1)
 

@@ -23,18 +23,22 @@ from .trellis import TrellisCell, TrellisContext, TrellisHistory, TrellisSpec
 @dataclass(frozen=True)
 class CellEntry:
     """A registered cell: build(cfg) makes the Cell a model config (ModelConfig.cell = its name) describes,
-    taking cfg.embed_dim input features per position."""
+    taking cfg.embed_dim input features per position; check(cfg), when given, raises ValueError
+    ("ModelConfig.field=... ...") for a config it cannot build, so a bad config fails when it is loaded."""
 
     build: Callable[[Any], Cell]
+    check: Callable[[Any], None] | None = None
 
 
 CELLS: Registry[CellEntry] = Registry("cell")
 
 
-def register_cell(name: str, build: Callable[[Any], Cell], *, replace: bool = False) -> CellEntry:
+def register_cell(name: str, build: Callable[[Any], Cell], *, check: Callable[[Any], None] | None = None,
+                  replace: bool = False) -> CellEntry:
     """Make `name` a valid ModelConfig.cell whose cell is build(cfg) (a deqseq.cells.Cell reading cfg.embed_dim
-    input features); ValueError for a name already registered unless replace=True."""
-    return CELLS.register(name, CellEntry(build), replace=replace)
+    input features); check(cfg) validates a config early (see CellEntry). ValueError for a name already
+    registered unless replace=True."""
+    return CELLS.register(name, CellEntry(build, check), replace=replace)
 
 
 def build_cell(cfg: Any) -> Cell:
@@ -45,7 +49,7 @@ def build_cell(cfg: Any) -> Cell:
     return cell
 
 
-register_cell("transformer", TransformerCell.from_config)
+register_cell("transformer", TransformerCell.from_config, check=TransformerCell.check_config)
 register_cell("trellis", TrellisCell.from_config)
 
 

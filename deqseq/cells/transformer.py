@@ -163,6 +163,19 @@ class TransformerSpec(Protocol):
     def embed_dim(self) -> int: ...
 
 
+NORMS = ("pre", "post")
+
+
+def _layout_problem(d_model: int, n_heads: int, norm: str) -> str | None:
+    """What makes (d_model, n_heads, norm) unbuildable, or None."""
+    if norm not in NORMS:
+        return f"norm={norm!r} is unknown; allowed: {', '.join(sorted(NORMS))}"
+    if d_model % n_heads or (d_model // n_heads) % 2:
+        return (f"d_model={d_model} must split into n_heads={n_heads} heads of even size (rotary embeddings "
+                "rotate pairs)")
+    return None
+
+
 class TransformerCell(Cell):
     """Weight-tied causal transformer block f(z, ctx); the injection u is added to the q/k/v projections.
 
@@ -190,10 +203,9 @@ class TransformerCell(Cell):
         state_skip: bool = False,
     ):
         super().__init__()
-        if norm not in ("pre", "post"):
-            raise ValueError(f"norm must be one of 'pre', 'post', got {norm!r}")
-        if d_model % n_heads or (d_model // n_heads) % 2:
-            raise ValueError(f"d_model={d_model} must split into n_heads={n_heads} heads of even size")
+        problem = _layout_problem(d_model, n_heads, norm)
+        if problem:
+            raise ValueError(problem)
         if window is not None and window < 0:
             raise ValueError(f"window must be None or >= 0, got {window}")
         if not 0.0 <= dropout < 1.0:
@@ -216,6 +228,14 @@ class TransformerCell(Cell):
         if weight_norm:
             for name in ("inject", "qkv", "proj", "ff1", "ff2"):
                 setattr(self, name, _weight_norm(getattr(self, name)))
+
+    @staticmethod
+    def check_config(cfg: TransformerSpec) -> None:
+        """The config check of the "transformer" entry: ValueError "ModelConfig.field=..." for a norm or a head
+        split this cell cannot build (the same test its constructor makes)."""
+        problem = _layout_problem(cfg.d_model, cfg.n_heads, cfg.norm)
+        if problem:
+            raise ValueError(f"ModelConfig.{problem}")
 
     @classmethod
     def from_config(cls, cfg: TransformerSpec) -> TransformerCell:

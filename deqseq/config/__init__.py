@@ -3,7 +3,7 @@ their owners) and its loader on OmegaConf (deqseq.config.loader)."""
 
 from ..checks import ConfigError
 from ..deq import SolverSettings
-from ..model_config import REAL_INPUTS, ModelConfig
+from ..model_config import ModelConfig
 from .loader import apply_overrides, config_from_dict, config_to_dict, dump_yaml, load_config
 from .sections import (
     ADVERSARIAL_MODES,
@@ -16,7 +16,6 @@ from .sections import (
 
 __all__ = [
     "ADVERSARIAL_MODES",
-    "REAL_INPUTS",
     "Config",
     "ConfigError",
     "DataConfig",

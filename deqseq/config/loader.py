@@ -26,7 +26,6 @@ from omegaconf.errors import OmegaConfBaseException
 from ..checks import ConfigError
 from .sections import Config, field_types
 
-
 # Keys earlier versions had. Configs saved in checkpoints load without them; a file or override naming one is told.
 RETIRED_KEYS = {
     "solver.warm_start": "warm starts are an argument now: generate(..., warm_start=True) or --warm-start",

@@ -3,11 +3,11 @@ real-valued series (random Fourier) with their batching, and small images (8x8 d
 
 from .batching import StreamBatcher
 from .corpus import SPLITS, Corpus, split_by_position, split_sizes
-from .digits import ImageData, is_image_source, load_digits_images
+from .digits import ImageData, load_digits_images
 from .errors import DataError, UnknownSymbolError
 from .markov import MarkovChain
 from .series import SeriesBatcher, SeriesData
-from .sources import SCHEME_TOKENIZERS, SCHEMES, SOURCES, SourceEntry, load_corpus, register_source
+from .sources import SCHEME_TOKENIZERS, SCHEMES, SOURCES, SourceEntry, is_image_source, load_corpus, register_source
 from .stdlib import assign_splits, read_stdlib, split_of, stdlib_files, stdlib_root
 from .tokenizers import (
     TOKENIZERS,

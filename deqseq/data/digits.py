@@ -99,11 +99,6 @@ class ImageData:
         return float(nll.mean()) / math.log(2)
 
 
-def is_image_source(spec: str) -> bool:
-    """Whether a data spec names an image source (digits)."""
-    return spec.strip().partition(":")[0] == "digits"
-
-
 def _check_split(name: str) -> None:
     if name not in SPLITS:
         raise ValueError(f"unknown split {name!r}; allowed: {', '.join(SPLITS)}")

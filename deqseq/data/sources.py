@@ -48,6 +48,7 @@ class SourceEntry:
 
 
 SOURCES: Registry[SourceEntry] = Registry("data source")
+IMAGE_KIND = "pixel levels"  # the kind of image sources (is_image_source)
 
 
 def register_source(name: str, load: Loader, *, usage: str | None = None, tokenizers: tuple[str, ...] = (),
@@ -386,7 +387,13 @@ register_source("markov", _load_markov, usage="markov:order=2,vocab=16,seed=0,le
 register_source("fourier", _load_fourier,
                 usage="fourier:series=2000,length=129,terms=3,periods=8-32,noise=0.05,seed=0,cond=none",
                 kind="real-valued")
-register_source("digits", _load_digits, usage="digits:seed=0,cond=class", kind="pixel levels")
+register_source("digits", _load_digits, usage="digits:seed=0,cond=class", kind=IMAGE_KIND)
+
+
+def is_image_source(spec: str) -> bool:
+    """Whether a data spec names a registered source of images (pixel levels, like digits)."""
+    scheme = spec.strip().partition(":")[0]
+    return scheme in SOURCES and SOURCES[scheme].kind == IMAGE_KIND
 
 
 def load_corpus(

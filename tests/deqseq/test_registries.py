@@ -292,8 +292,6 @@ def test_a_user_head_trains_on_series_from_a_config_and_continues_them(registrie
         run_training(tmp_path / "ids", "data.source=markov:order=1,vocab=4,length=2000", "model.head=laplace")
 
 
-@pytest.mark.xfail(strict=True, reason="deqseq/model_config.py allows in_dim only for REAL_INPUTS ('linear', 'mlp'); "
-                   "it should ask INPUTS[input].reads == 'values' (remove this mark when it does)")
 def test_a_user_values_input_is_built_from_a_config(registries):
     register_input("sincos", lambda cfg: SinCos(cfg.in_dim, cfg.embed_dim), reads="values")
     model = DEQSequenceModel(ModelConfig(d_model=16, n_heads=2, input="sincos", in_dim=1, head="mog"))
