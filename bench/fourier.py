@@ -69,7 +69,7 @@ def main() -> None:
 def evaluate(args: argparse.Namespace, loaded, seconds: float | None) -> dict:
     """NLL by position window for the model and the references, and forecast errors from half a window."""
     model, _, config = loaded
-    data = load_corpus(config.data.source)
+    data = load_corpus(config.data.spec)
     T = config.data.seq_len
     x, clean, cond = data.test[:, : T + 1], data.clean("test")[:, : T + 1], data.cond("test")
 
@@ -93,7 +93,7 @@ def evaluate(args: argparse.Namespace, loaded, seconds: float | None) -> dict:
 
     results = {
         "checkpoint": args.checkpoint,
-        "source": config.data.source,
+        "source": config.data.spec,
         "train_seconds": seconds,
         "nll_bound": data.nll_bound,
         "test_series": len(x),

@@ -41,9 +41,9 @@ def held_out_ids(config, split: str, sequences: int, length: int) -> torch.Tenso
     """`sequences` windows of `length` ids of a split of the checkpoint's corpus, at evenly spaced offsets."""
     from deqseq.data import Corpus
 
-    data = load_corpus(config.data.source, config.data.tokenizer)
+    data = load_corpus(config.data.spec, config.data.tokenizer)
     if not isinstance(data, Corpus):
-        raise SystemExit(f"{config.data.source!r} is not a token corpus; this benchmark checks token models")
+        raise SystemExit(f"{config.data.spec!r} is not a token corpus; this benchmark checks token models")
     ids = data.split(split)
     if len(ids) < length:
         raise SystemExit(f"the {split} split has {len(ids)} ids, fewer than --length {length}")
@@ -154,7 +154,7 @@ def main() -> None:
     if Path(args.checkpoint).exists():
         model, _, config = load_checkpoint(args.checkpoint)
         ids = held_out_ids(config, args.split, args.sequences, args.length)
-        what = f"{args.checkpoint} ({config.data.source}, {args.split} split)"
+        what = f"{args.checkpoint} ({config.data.spec}, {args.split} split)"
     else:
         print(f"no checkpoint at {args.checkpoint}: a random d_model=64 transformer on random ids")
         model = random_model(args.seed)

@@ -220,7 +220,7 @@ def generate_main(argv: list[str] | None = None) -> int:
     try:
         device = _device(args.device, resolve_device)
         model, tokenizer, config = load_checkpoint(args.checkpoint, device)
-        if is_image_source(config.data.source):
+        if is_image_source(config.data.spec):
             return _image_command(args, model, config)
         if tokenizer is None:
             return _series_command(args, model, config)
@@ -289,9 +289,9 @@ def _generate_command(args, model, tokenizer, prompts: list[list[int]], mem_len:
         out.write(labels[0] + shown)
         out.flush()
     steps = []
-    for step in stream(model, prompts, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                       args.repetition_penalty, args.seed, args.num_samples, mem_len=mem_len,
-                       warm_start=args.warm_start):
+    for step in stream(model, prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                       num_samples=args.num_samples, mem_len=mem_len, warm_start=args.warm_start):
         steps.append(step)
         if args.stats:
             print(f"token {step.index:4d}: iterations {int(step.iterations.max()):3d}  residual "
@@ -419,7 +419,7 @@ def _image_command(args, model, config) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         raise UsageError("image grids need matplotlib: pip install matplotlib") from None
-    data = load_corpus(config.data.source)
+    data = load_corpus(config.data.spec)
     checkpoint = Path(args.checkpoint)
     path = args.plot or str((checkpoint if checkpoint.is_dir() else checkpoint.parent) / "samples.png")
     result = sample_images(model, data, args.num_samples or 8, 8, args.temperature, args.top_k, args.top_p,
@@ -498,7 +498,7 @@ def _held_out_series(args, config):
     split, _, index = args.series.partition(":")
     if split not in ("valid", "test") or not index.lstrip("-").isdigit():
         raise UsageError(f"--series must be valid:INDEX or test:INDEX, got {args.series!r}")
-    data = load_corpus(config.data.source, config.data.tokenizer)
+    data = load_corpus(config.data.spec, config.data.tokenizer)
     values, i = data.split(split), int(index)
     if not 0 <= i < len(values):
         raise UsageError(f"--series {args.series}: the {split} split has {len(values)} series (0..{len(values) - 1})")
@@ -540,8 +540,8 @@ def _series_command(args, model, config) -> int:
         except ImportError:
             raise UsageError("--plot needs matplotlib: pip install matplotlib") from None
     mem_len = _window(args.mem_len, model, len(prefix) + steps - (0 if args.check_equivalence else 1))
-    result = continue_series(model, prefix, steps, args.num_samples or 16, args.temperature, args.seed, cond, truth,
-                             mem_len)
+    result = continue_series(model, prefix, steps, num_samples=args.num_samples or 16, temperature=args.temperature,
+                             seed=args.seed, cond=cond, truth=truth, mem_len=mem_len)
     n = result.samples.shape[0]
     print(f"observed {len(prefix)} steps; {steps} steps continued, {n} sample{'s' * (n > 1)} "
           f"(one-step predictive after the prefix: mean {result.first_mean[0].item():.4f}, "

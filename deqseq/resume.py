@@ -1,9 +1,9 @@
 """Which config keys may change when a run is resumed, and the one-line refusal for the others.
 
 A resumed run continues the saved weights, optimiser state, batch cursor and random state, so everything that
-shapes those must stay as saved: the architecture (model.*), the data and its batching (data.source, tokenizer,
-batch_size, seq_len, mem_len), the seed and dtype, and the optimiser's settings. What only says how long to
-train, how to solve, where to run, or what to log may change.
+shapes those must stay as saved: the architecture (model.*), the data and its batching (data.source and
+data.options, tokenizer, batch_size, seq_len, mem_len), the seed and dtype, and the optimiser's settings. What
+only says how long to train, how to solve, where to run, or what to log may change.
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         random.seed(cfg.run.seed)
 
-        self.corpus: Corpus | SeriesData | ImageData = load_corpus(cfg.data.source, cfg.data.tokenizer)
+        self.corpus: Corpus | SeriesData | ImageData = load_corpus(cfg.data.spec, cfg.data.tokenizer)
         self.series = not isinstance(self.corpus, Corpus)  # independent fixed-length sequences (series, images)
         model_cfg = _fit_model_to_data(cfg.model, self.corpus, cfg.data.seq_len)
         if cfg.data.mem_len and model_cfg.cell == "transformer" and model_cfg.window is None:

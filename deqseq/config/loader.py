@@ -142,7 +142,9 @@ def _declared_type(key: str) -> Any:
             return tp
         if not _is_section(tp):
             if typing.get_origin(tp) is dict or tp is dict:
-                raise ConfigError(f"unknown key '{key}'; '{here}' takes a whole mapping, e.g. {here}={{key: value}}")
+                if i == len(parts) - 2:  # one key of a mapping: data.options.vocab=32
+                    return Any
+                raise ConfigError(f"unknown key '{key}'; '{here}' holds one level of keys, e.g. {here}.name=value")
             raise ConfigError(f"unknown key '{key}'; '{here}' is a single value, not a section")
         cls, prefix = tp, here
     raise AssertionError("unreachable")

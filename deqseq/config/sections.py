@@ -17,6 +17,7 @@ from typing import Any
 from solvers import GradMode
 
 from ..checks import check_bool, check_choice, check_int, check_number, check_str
+from ..data import spec_with_options
 from ..deq import SolverSettings
 from ..model_config import ModelConfig
 
@@ -82,8 +83,10 @@ class RunConfig:
 class DataConfig:
     """Where training text comes from and how it is batched.
 
-    source:          a spec string such as "stdlib", "text:PATH" or "markov:order=2,vocab=16"
-                     (parsed by deqseq.data).
+    source:          the data source: a registered name ("stdlib", "markov", "fourier", "digits", "text", ...),
+                     optionally with its options inline as a spec ("markov:order=2,vocab=16", "text:PATH").
+    options:         the source's options as keys, merged over the spec's (data.options.vocab=32,
+                     data.options.path=corpus.txt); the same names as the spec's key=value part.
     tokenizer:       "byte" | "char" | "word", or None for the source's default.
     batch_size, seq_len: training batches are (batch_size, seq_len) tokens.
     eval_batch_size: batch size of evaluation.
@@ -91,15 +94,23 @@ class DataConfig:
     """
 
     source: str = "stdlib"
+    options: dict[str, Any] = field(default_factory=dict)
     tokenizer: str | None = None
     batch_size: int = 16
     seq_len: int = 64
     eval_batch_size: int = 8
     mem_len: int = 0
 
+    @property
+    def spec(self) -> str:
+        """The whole data spec: source with options merged in (what deqseq.data.load_corpus reads)."""
+        return spec_with_options(self.source, self.options)
+
     def __post_init__(self) -> None:
         owner = "DataConfig"
         check_str(owner, "source", self.source)
+        if not isinstance(self.options, dict) or not all(isinstance(k, str) for k in self.options):
+            raise ValueError(f"{owner}.options={self.options!r} must be a mapping of option names to values")
         if self.tokenizer is not None:
             check_choice(owner, "tokenizer", self.tokenizer, TOKENIZERS)
         check_int(owner, "batch_size", self.batch_size, 1)

@@ -7,7 +7,16 @@ from .digits import ImageData, load_digits_images
 from .errors import DataError, UnknownSymbolError
 from .markov import MarkovChain
 from .series import SeriesBatcher, SeriesData
-from .sources import SCHEME_TOKENIZERS, SCHEMES, SOURCES, SourceEntry, is_image_source, load_corpus, register_source
+from .sources import (
+    SCHEME_TOKENIZERS,
+    SCHEMES,
+    SOURCES,
+    SourceEntry,
+    is_image_source,
+    load_corpus,
+    register_source,
+    spec_with_options,
+)
 from .stdlib import assign_splits, read_stdlib, split_of, stdlib_files, stdlib_root
 from .tokenizers import (
     TOKENIZERS,
@@ -42,6 +51,7 @@ __all__ = [
     "assign_splits",
     "is_image_source",
     "load_corpus",
+    "spec_with_options",
     "load_digits_images",
     "read_stdlib",
     "register_source",

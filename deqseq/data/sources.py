@@ -39,12 +39,15 @@ class SourceEntry:
     usage:      the spec's format, shown in errors ("markov:order=2,vocab=16,...").
     tokenizers: the tokenizer names it accepts, the first its default; () for data that takes none.
     kind:       what its data is, for the error when a tokenizer is given to a source without any.
+    takes_path: its options are one path ("text:PATH"), given in a config as data.options.path; else they are
+                key=value pairs, each also a data.options key.
     """
 
     load: Loader
     usage: str
     tokenizers: tuple[str, ...] = ()
     kind: str = "not text"
+    takes_path: bool = False
 
 
 SOURCES: Registry[SourceEntry] = Registry("data source")
@@ -52,14 +55,14 @@ IMAGE_KIND = "pixel levels"  # the kind of image sources (is_image_source)
 
 
 def register_source(name: str, load: Loader, *, usage: str | None = None, tokenizers: tuple[str, ...] = (),
-                    kind: str = "not text", replace: bool = False) -> SourceEntry:
+                    kind: str = "not text", takes_path: bool = False, replace: bool = False) -> SourceEntry:
     """Make `name` a data spec scheme ("name" or "name:options") that load_corpus loads with
     load(spec, options, tokenizer, max_vocab, min_count); usage (default: name) is its format in error messages,
-    tokenizers those it accepts (first = default; () for none). ValueError for a name already registered unless
-    replace=True."""
+    tokenizers those it accepts (first = default; () for none), takes_path whether its options are a path rather
+    than key=value pairs. ValueError for a name already registered unless replace=True."""
     if ":" in name:
         raise ValueError(f"a data source name cannot contain ':', got {name!r}")
-    entry = SourceEntry(load, usage if usage is not None else name, tuple(tokenizers), kind)
+    entry = SourceEntry(load, usage if usage is not None else name, tuple(tokenizers), kind, takes_path)
     return SOURCES.register(name, entry, replace=replace)
 
 
@@ -378,10 +381,11 @@ def _corpus(spec: str, ids: dict[str, Tensor], tok: Tokenizer, description: str,
 
 
 register_source("stdlib", _load_stdlib, usage="stdlib[:max_bytes=N]", tokenizers=("byte", "char", "word"))
-register_source("text", _load_text, usage="text:PATH", tokenizers=("byte", "char", "word"))
-register_source("wikitext103", _load_split_files("wikitext103"), usage="wikitext103:DIR", tokenizers=("word",))
-register_source("ptb", _load_split_files("ptb"), usage="ptb:DIR", tokenizers=("word",))
-register_source("enwik8", _load_enwik8, usage="enwik8:PATH", tokenizers=("byte",))
+register_source("text", _load_text, usage="text:PATH", takes_path=True, tokenizers=("byte", "char", "word"))
+register_source("wikitext103", _load_split_files("wikitext103"), usage="wikitext103:DIR", takes_path=True,
+                tokenizers=("word",))
+register_source("ptb", _load_split_files("ptb"), usage="ptb:DIR", takes_path=True, tokenizers=("word",))
+register_source("enwik8", _load_enwik8, usage="enwik8:PATH", takes_path=True, tokenizers=("byte",))
 register_source("markov", _load_markov, usage="markov:order=2,vocab=16,seed=0,length=200000[,concentration=0.5]",
                 tokenizers=("id",))
 register_source("fourier", _load_fourier,
@@ -396,8 +400,36 @@ def is_image_source(spec: str) -> bool:
     return scheme in SOURCES and SOURCES[scheme].kind == IMAGE_KIND
 
 
+def _option_text(value: Any) -> str:
+    """An option value as a spec writes it (YAML booleans as true/false)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def spec_with_options(spec: str, options: Mapping[str, Any] | None) -> str:
+    """The spec with `options` (a config's data.options) merged into its key=value part, options winning
+    ("fourier:length=65" with {"series": 500} is "fourier:length=65,series=500"); for a source that takes a path,
+    options may only hold that path. DataError with one line for options a source cannot take."""
+    if not options:
+        return spec
+    scheme, _, text = spec.strip().partition(":")
+    if scheme not in SOURCES:
+        return spec  # load_corpus names the unknown scheme
+    if SOURCES[scheme].takes_path:
+        if set(options) != {"path"} or text:
+            raise DataError(f"data source {scheme!r} takes one path, as {scheme}:PATH or data.options.path=PATH; "
+                            f"got spec {spec!r} with options {dict(options)}")
+        return f"{scheme}:{_option_text(options['path'])}"
+    merged: dict[str, str | None] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = pair.partition("=")
+        merged[key.strip()] = value if eq else None  # a malformed pair stays for the source's own error
+    merged.update({str(k): _option_text(v) for k, v in options.items()})
+    return f"{scheme}:" + ",".join(k if v is None else f"{k}={v}" for k, v in merged.items())
+
+
 def load_corpus(
-    spec: str = "stdlib", tokenizer_name: str | None = None, *, max_vocab: int | None = None, min_count: int = 1
+    spec: str = "stdlib", tokenizer_name: str | None = None, *, options: Mapping[str, Any] | None = None,
+    max_vocab: int | None = None, min_count: int = 1
 ) -> Corpus | SeriesData | ImageData:
     """Load the corpus a spec names (see SCHEMES; `register_source` adds schemes), tokenized with tokenizer_name
     or the scheme's default.
@@ -416,9 +448,12 @@ def load_corpus(
     - `digits:seed=0,cond=class`: scikit-learn's 8x8 digits as ImageData (64 pixel ids of 17 levels behind a
       start token, class labels as conditioning unless cond=none), shuffled with seed and split 90/5/5.
 
+    options (a config's data.options) are merged into the spec's key=value part (see spec_with_options), so
+    `load_corpus("fourier", options={"series": 500})` is `load_corpus("fourier:series=500")`.
     A bad spec raises DataError with one line naming the problem and the allowed specs.
     """
-    scheme, _, options = spec.strip().partition(":")
+    spec = spec_with_options(spec, options)
+    scheme, _, options_text = spec.strip().partition(":")
     if scheme not in SOURCES:
         raise DataError(f"unknown data spec {spec!r}; {_schemes_line()}")
     source = SOURCES[scheme]
@@ -427,10 +462,10 @@ def load_corpus(
         if tokenizer_name is not None:
             raise DataError(f"{scheme} data is {source.kind} and takes no tokenizer; got tokenizer "
                             f"{tokenizer_name!r} (leave it unset)")
-        return source.load(spec, options.strip(), None, max_vocab, min_count)
+        return source.load(spec, options_text.strip(), None, max_vocab, min_count)
     tok_name = allowed[0] if tokenizer_name is None else tokenizer_name
     if tok_name not in allowed:
         raise DataError(f"tokenizer {tok_name!r} is not available for {scheme} data; allowed: {', '.join(allowed)}")
     if max_vocab is not None and max_vocab < len(WordTokenizer.specials):
         raise DataError(f"max_vocab={max_vocab} must be at least {len(WordTokenizer.specials)} (<eos> and <unk>)")
-    return source.load(spec, options.strip(), tok_name, max_vocab, min_count)
+    return source.load(spec, options_text.strip(), tok_name, max_vocab, min_count)

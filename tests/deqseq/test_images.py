@@ -103,7 +103,7 @@ def test_training_on_digits_reports_bits_per_dim_and_the_baselines(digits_run):
 
 def test_samples_and_completions_keep_the_given_pixels(digits_run):
     model, _, config = load_checkpoint(digits_run[0] / "last.pt")
-    data = load_corpus(config.data.source)
+    data = load_corpus(config.data.spec)
     result = sample_images(model, data, per_class=3, completions=4, seed=0)
     assert result.samples.shape == (10, 3, 8, 8) and result.completed.shape == (4, 8, 8)
     assert torch.equal(result.completed[:, :4], result.originals[:, :4])

@@ -75,7 +75,7 @@ def test_series_continuation_matches_the_library(series_run, capsys):
     rows = table_rows(out)
     assert [int(r[0]) for r in rows] == list(range(6, 17))
     model, _, config = load_checkpoint(series_run / "last.pt")
-    data = load_corpus(config.data.source)
+    data = load_corpus(config.data.spec)
     series = data.split("valid")[2, :, 0]
     expected = continue_series(model, series[:6], 11, num_samples=5, seed=3, cond=data.cond("valid")[2],
                                truth=series[6:], mem_len=config.data.seq_len - 1)
