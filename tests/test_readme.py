@@ -39,8 +39,24 @@ def test_the_readme_has_python_snippets():
     assert len(SNIPPETS) >= 4
 
 
+@pytest.fixture
+def restored_registries():
+    """The registries as they were before a snippet that registers its own cells, heads, sources or methods."""
+    import solvers
+    from deqseq import CELLS, HEADS, INPUTS, SOURCES
+
+    saved = [(registry, dict(registry)) for registry in (CELLS, HEADS, INPUTS, SOURCES)]
+    methods = set(solvers.METHODS)
+    yield
+    for registry, entries in saved:
+        for name in [n for n in registry if n not in entries]:
+            registry.unregister(name)
+    for name in set(solvers.METHODS) - methods:
+        solvers.unregister_method(name)
+
+
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
-def test_python_snippet_runs_as_written(index, workdir, monkeypatch):
+def test_python_snippet_runs_as_written(index, workdir, monkeypatch, restored_registries):
     monkeypatch.chdir(workdir)
     with contextlib.redirect_stdout(io.StringIO()):
         exec(compile(SNIPPETS[index], f"README.md python block {index + 1}", "exec"), {"__name__": "__readme__"})
