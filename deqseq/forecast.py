@@ -7,12 +7,14 @@ frozen history (as in `generate`), all samples sharing the prefix's solve.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .generation import Generation, generate
 from .model import DEQSequenceModel
+from .sampling import SamplingConfig
 
 
 @dataclass
@@ -58,15 +60,17 @@ def continue_series(
     model: DEQSequenceModel,
     prefix: Tensor,
     steps: int,
+    sampling: SamplingConfig | None = None,
+    *,
     num_samples: int = 16,
-    temperature: float = 1.0,
-    seed: int | None = None,
     cond: Tensor | None = None,
     truth: Tensor | None = None,
     mem_len: int | str | None = "auto",
+    **sampling_options: Any,
 ) -> Continuation:
     """Sample `num_samples` continuations of `steps` steps after the observed `prefix` (P, I) ((P,) for I = 1).
 
+    sampling (or its fields by name: temperature=, seed=): how values are drawn, as in `stream`;
     cond: one sequence's conditioning: (C,) global, (P + steps - 1, C) local, or a class id (a 0-dim tensor);
     truth: the true continuation (steps, Q), kept for tables and plots. The model must take real values whose
     width equals its head's (so samples can be fed back). mem_len: the attention window, as in `generate`.
@@ -76,8 +80,8 @@ def continue_series(
     x = prefix[:, None] if prefix.dim() == 1 else prefix
     if cond is not None:
         cond = cond[None]
-    gen = generate(model, x[None], steps, temperature=temperature, seed=seed, num_samples=num_samples, cond=cond,
-                   mem_len=mem_len, details=True)
+    gen = generate(model, x[None], steps, sampling, num_samples=num_samples, cond=cond, mem_len=mem_len,
+                   details=True, **sampling_options)
     samples = gen.ids[:, x.shape[0]:].detach().cpu()
     first = gen.steps[0].params[:1, None]
     first_mean = model.head.mean(first)[0, 0].detach().cpu()

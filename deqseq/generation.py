@@ -2,25 +2,29 @@
 
 A causal DEQ's equilibrium at position t depends only on positions <= t, so once a position is solved its z*
 can be frozen: the cell keeps what later positions need of it (a transformer's keys and values, a trellis's
-left window) as history, like a KV cache. The prompt is solved once at sequence level (prefill); every new
-token then solves a single position against that history, never re-solving the prefix.
+left window) as history, like a KV cache. The prompt is solved once at sequence level (`prefill`); every new
+token is drawn from the head's output (`draw`, with a `SamplingConfig`), fed back (`next_input`, as `model.io`
+says) and solved as a single position against that history (`step`), never re-solving the prefix. `stream`
+is that loop; `generate` collects it.
 `check_equivalence` proves, for a given model and sequence, that this computes the same equilibria as one
 sequence-level solve.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .cells import History
-from .model import DEQSequenceModel, cond_at, eval_mode, is_local_cond
-from .sampling import SamplingConfig, sample_next
+from .model import DEQSequenceModel, ModelOutput, cond_at, eval_mode, is_local_cond
+from .sampling import SamplingConfig, sample_next, sampling_config
 
 
 @dataclass
@@ -217,123 +221,125 @@ def _solve_stats(stats) -> tuple[Tensor, Tensor, Tensor]:
     return last(stats.nstep), last(stats.rel_residual), last(stats.converged)
 
 
-def stream(
-    model: DEQSequenceModel,
-    prompt: Tensor | Sequence[int] | Sequence[Sequence[int]],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    seed: int | None = None,
-    num_samples: int = 1,
-    stop: int | Sequence[int] | None = None,
-    cond: Tensor | None = None,
-    mem_len: int | str | None = "auto",
-    warm_start: bool = False,
-) -> Iterator[TokenStep]:
-    """Generate like `generate`, yielding each position's TokenStep as soon as its tokens are sampled.
+@dataclass(frozen=True)
+class Solved:
+    """The newest solved position of N sequences: what the next draw and the next solve need.
 
-    Prompts of different lengths are aligned at their first token: the shortest prompt is solved for all rows
-    at once, then every step solves one position of every row, feeding a longer row its next prompt token
-    (TokenStep.sampled False) until its prompt is used up, so each row computes what generating it alone does
-    (its prompt's tail solved token by token instead of in the prefill: equal up to the solver tolerance, as
-    `check_equivalence` shows). There are max(P) - min(P) + max_new_tokens steps at most.
+    params:  (N, P) the head's output there (logits, or a real-valued head's distribution parameters).
+    z:       (N, 1, D) its equilibrium (what a warm start of the next position starts from).
+    history: the frozen history of every position so far, this one included.
+    iterations, residual, converged: (N,) that solve's stats, as in TokenStep.
     """
+
+    params: Tensor
+    z: Tensor
+    history: History
+    iterations: Tensor
+    residual: Tensor
+    converged: Tensor
+
+    @classmethod
+    def last_of(cls, out: ModelOutput) -> Solved:
+        """The last position of a forward pass."""
+        return cls(out.params[:, -1], out.z[:, -1:], out.history, *_solve_stats(out.stats))
+
+    def select(self, rows: Tensor) -> Solved:
+        """The state of sequences `rows` (N',), repeats allowed (samples fanned out of one prompt's solve)."""
+        return Solved(self.params[rows], self.z[rows], self.history.select(rows), self.iterations[rows],
+                      self.residual[rows], self.converged[rows])
+
+
+def prefill(model: DEQSequenceModel, prompt: Tensor, cond: Tensor | None = None,
+            window: int | None = None) -> Solved:
+    """Solve a prompt (B, P) of ids ((B, P, I) of values) once, at sequence level: the frozen history of its
+    P positions and the head's output at the last. cond: conditioning vectors (B, C) or (B, P, C); window: how
+    many earlier positions each one attends to (None = all). Call it under torch.no_grad() in eval mode, as
+    `stream` does."""
+    return Solved.last_of(model(prompt, cond=cond, window=window))
+
+
+def step(model: DEQSequenceModel, x: Tensor, history: History, cond: Tensor | None = None,
+         window: int | None = None, z0: Tensor | None = None) -> Solved:
+    """Solve one new position x ((N, 1) ids or (N, 1, I) values) against the frozen `history` of the positions
+    before it: the head's output there and the history extended by it. z0 (N, 1, D): where the solve starts
+    (zeros when None; the previous position's `Solved.z` is a warm start). cond: this position's conditioning."""
+    return Solved.last_of(model(x, history=history, cond=cond, z0=z0, window=window))
+
+
+def draw(model: DEQSequenceModel, params: Tensor, sampling: SamplingConfig, generator: torch.Generator,
+         previous: Tensor | None = None) -> Tensor:
+    """The next sample from the head's output params (N, P), of the kind `model.io.emits` says: ids (N,) by
+    `sample_next` (previous (N, L): the ids so far, for the repetition penalty), else the head's draw at
+    sampling.temperature ((N, Q) values). `next_input` makes it what is fed back."""
+    if model.io.categorical:
+        return sample_next(params, sampling, generator, previous=previous)
+    return model.head.sample(params[:, None], sampling.temperature, generator)[:, 0]
+
+
+def log_prob(model: DEQSequenceModel, params: Tensor, sample: Tensor) -> Tensor:
+    """(N,) the log-probability of ids (log-density of values) `sample` under the head's output params (N, P),
+    at temperature 1 without filtering."""
+    if model.io.categorical:
+        wide = params.to(torch.promote_types(params.dtype, torch.float32))  # no log-softmax in bf16
+        return torch.log_softmax(wide, dim=-1).gather(1, sample[:, None])[:, 0]
+    return -model.head.nll(params[:, None], sample[:, None])[:, 0]
+
+
+def _prompt_or_stop(token: Tensor, prompt_ids: Tensor, position: int, forced: Tensor, sampled: Tensor,
+                    finished: Tensor, stop_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Drawn ids where rows still feed their prompt (`forced`) replaced by the prompt's token, and where rows
+    have stopped by the stop token; also which rows have stopped now."""
+    if position < prompt_ids.shape[1]:
+        token = torch.where(forced, prompt_ids[:, position], token)
+    if stop_ids.numel():
+        token = torch.where(finished & sampled, stop_ids[0], token)
+        finished = finished | (sampled & torch.isin(token, stop_ids))
+    return token, finished
+
+
+def _checked_sampling(model: DEQSequenceModel, max_new_tokens: int, num_samples: int, stop: int | Sequence[int] | None,
+                      sampling: SamplingConfig | None, options: dict[str, Any]) -> SamplingConfig:
+    """The SamplingConfig of a stream, after its counts and its head's options are checked."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty)
-    categorical = model.io.categorical
-    if not categorical and (top_k is not None or top_p < 1 or repetition_penalty != 1 or stop is not None):
+    others = [p.name for p in inspect.signature(stream).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    sampling = sampling_config(sampling, options, others)
+    if not model.io.categorical and (sampling.filters or stop is not None):
         raise ValueError(f"top_k, top_p, repetition_penalty and stop apply to categorical heads only, not to "
                          f"the {model.config.head!r} head (its samples are drawn by head.sample with temperature)")
-    device = next(model.parameters()).device
-    window = model.resolve_window(mem_len)
-    prompt_ids, lengths = model_prompt(model, prompt)
-    batch, longest = prompt_ids.shape[:2]
-    shortest = int(lengths.min())
-    _check_cond(cond, batch, longest + max_new_tokens)
-    if cond is not None:  # class ids become vectors once, not at every token
-        cond = model.condition_vectors(cond.to(device))
-    generator = torch.Generator(device=device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    stop_ids = _stop_ids(stop, device)
-    fan_out = torch.arange(batch, device=device).repeat_interleave(num_samples)
-
-    with eval_mode(model), torch.no_grad():
-        start = time.perf_counter()
-        # Prefill: the (shortest) prompt's positions in one solve, once per prompt; samples share it.
-        out = model(prompt_ids[:, :shortest], cond=cond_at(cond, 0, shortest), window=window)
-        history: History = out.history.select(fan_out)
-        logits, z = out.logits[:, -1][fan_out], out.z[:, -1:][fan_out]
-        iterations, residual, converged = (t[fan_out] for t in _solve_stats(out.stats))
-        prompt_ids, lengths = prompt_ids[fan_out], lengths[fan_out]
-        fed = prompt_ids[:, :shortest]  # every row's inputs so far (the repetition penalty's history)
-        cond = cond[fan_out] if cond is not None else None
-        finished = torch.zeros(fed.shape[0], dtype=torch.bool, device=device)
-        produced = torch.zeros(fed.shape[0], dtype=torch.long, device=device)
-        for index in range(longest - shortest + max_new_tokens):
-            position = shortest + index  # where this step's token goes
-            forced = lengths > position  # rows still feeding their prompt
-            sampled = ~forced & (produced < max_new_tokens)
-            if categorical:
-                token = sample_next(logits, sampling, generator, previous=fed)
-                if position < longest:
-                    token = torch.where(forced, prompt_ids[:, position], token)
-                if stop_ids.numel():
-                    token = torch.where(finished & sampled, stop_ids[0], token)
-                    finished = finished | (sampled & torch.isin(token, stop_ids))
-                wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # no log-softmax in bf16
-                logprobs = torch.log_softmax(wide, dim=-1).gather(1, token[:, None])[:, 0]
-            else:
-                token = model.head.sample(logits[:, None], temperature, generator)[:, 0]
-                logprobs = -model.head.nll(logits[:, None], token[:, None])[:, 0]
-            step_input = next_input(model, token)
-            fed = torch.cat([fed, step_input], dim=1)
-            produced = produced + sampled
-            yield TokenStep(index, token, logprobs, iterations, residual, converged, finished.clone(),
-                            time.perf_counter() - start, logits, sampled)
-            if bool((finished | (produced >= max_new_tokens)).all()):
-                return
-            start = time.perf_counter()
-            out = model(step_input, history=history, cond=cond_at(cond, position, position + 1),
-                        z0=z if warm_start else None, window=window)
-            history, logits, z = out.history, out.logits[:, -1], out.z
-            iterations, residual, converged = _solve_stats(out.stats)
+    return sampling
 
 
-def generate(
+Prompt = Tensor | Sequence[int] | Sequence[Sequence[int]]
+
+
+def stream(
     model: DEQSequenceModel,
-    prompt: Tensor | Sequence[int] | Sequence[Sequence[int]],
+    prompt: Prompt,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    seed: int | None = None,
+    sampling: SamplingConfig | None = None,
+    *,
     num_samples: int = 1,
     stop: int | Sequence[int] | None = None,
     cond: Tensor | None = None,
     mem_len: int | str | None = "auto",
     warm_start: bool = False,
-    details: bool = False,
-) -> Tensor | list[Tensor] | Generation:
-    """Continue each prompt by up to max_new_tokens sampled tokens, solving one new position per token.
+    **sampling_options: Any,
+) -> Iterator[TokenStep]:
+    """Continue each prompt by up to max_new_tokens drawn tokens, yielding each position's TokenStep as soon as
+    its tokens are drawn: `prefill` once, then `draw` and `step` (one new position) per token.
 
-    prompt:      ids (P,) or (B, P) (or lists), or a list of rows of different lengths (each row then gets
-                 what generating it alone gives, see `stream`). A model with real-valued inputs takes observed
-                 values (P, I) or (B, P, I) ((P,) when I = 1).
-    temperature: 0 = greedy; top_k, top_p (nucleus) and repetition_penalty as in `SamplingConfig`. Other
-                 heads draw with `model.head.sample(params, temperature, generator)` (0 = deterministic) and
-                 reject top_k, top_p, repetition_penalty and stop.
-    seed:        seeds a private generator, so the same seed gives the same samples (None = random).
-    num_samples: continuations per prompt; they share the prompt's prefill. Output row i continues
-                 prompt i // num_samples.
+    prompt:      ids (P,) or (B, P) (or lists), or a list of rows of different lengths. A model with real-valued
+                 inputs takes observed values (P, I) or (B, P, I) ((P,) when I = 1).
+    sampling:    how tokens are drawn (`SamplingConfig`: temperature, 0 = greedy; top_k, top_p,
+                 repetition_penalty; seed, the same seed giving the same samples); its fields may also be given
+                 by name (`temperature=0.8, seed=0`), replacing the config's. Other heads draw with
+                 `model.head.sample(params, temperature, generator)` and reject top_k, top_p,
+                 repetition_penalty and stop.
+    num_samples: continuations per prompt; they share the prompt's prefill. Row i continues prompt
+                 i // num_samples.
     stop:        token id(s) that end a sequence; later positions repeat the stop token, and generation ends
                  when every sequence has stopped.
     cond:        conditioning (B, C) global, or (B, P + max_new_tokens - 1, C) local, covering future positions;
@@ -343,6 +349,52 @@ def generate(
                  `default_window`, its own window or else what it saw in training; an integer N the last N;
                  "all" or None no limit beyond the model's own window.
     warm_start:  start each position's solve from the previous position's equilibrium instead of zeros.
+
+    Prompts of different lengths are aligned at their first token: the shortest prompt is solved for all rows
+    at once, then every step solves one position of every row, feeding a longer row its next prompt token
+    (TokenStep.sampled False) until its prompt is used up, so each row computes what generating it alone does
+    (its prompt's tail solved token by token instead of in the prefill: equal up to the solver tolerance, as
+    `check_equivalence` shows). There are max(P) - min(P) + max_new_tokens steps at most.
+    """
+    sampling = _checked_sampling(model, max_new_tokens, num_samples, stop, sampling, sampling_options)
+    window = model.resolve_window(mem_len)
+    prompt_ids, lengths = model_prompt(model, prompt)
+    shortest, longest, device = int(lengths.min()), prompt_ids.shape[1], prompt_ids.device
+    _check_cond(cond, len(prompt_ids), longest + max_new_tokens)
+    cond = model.condition_vectors(cond.to(device)) if cond is not None else None  # once, not at every token
+    generator, stop_ids = sampling.generator(device), _stop_ids(stop, device)
+    fan_out = torch.arange(len(prompt_ids), device=device).repeat_interleave(num_samples)
+    with eval_mode(model), torch.no_grad():
+        start = time.perf_counter()
+        state = prefill(model, prompt_ids[:, :shortest], cond_at(cond, 0, shortest), window).select(fan_out)
+        prompt_ids, lengths, cond = prompt_ids[fan_out], lengths[fan_out], None if cond is None else cond[fan_out]
+        fed = prompt_ids[:, :shortest]  # every row's inputs so far (the repetition penalty's history)
+        finished = torch.zeros(len(fed), dtype=torch.bool, device=device)
+        produced = torch.zeros(len(fed), dtype=torch.long, device=device)
+        for index in range(longest - shortest + max_new_tokens):
+            position = shortest + index  # where this step's token goes
+            forced = lengths > position  # rows still feeding their prompt
+            sampled = ~forced & (produced < max_new_tokens)
+            token = draw(model, state.params, sampling, generator, previous=fed)
+            if model.io.categorical:
+                token, finished = _prompt_or_stop(token, prompt_ids, position, forced, sampled, finished, stop_ids)
+            x = next_input(model, token)
+            fed, produced = torch.cat([fed, x], dim=1), produced + sampled
+            yield TokenStep(index, token, log_prob(model, state.params, token), state.iterations, state.residual,
+                            state.converged, finished.clone(), time.perf_counter() - start, state.params, sampled)
+            if bool((finished | (produced >= max_new_tokens)).all()):
+                return
+            start = time.perf_counter()
+            state = step(model, x, state.history, cond_at(cond, position, position + 1), window,
+                         z0=state.z if warm_start else None)
+
+
+def generate(model: DEQSequenceModel, prompt: Prompt, max_new_tokens: int, sampling: SamplingConfig | None = None,
+             *, details: bool = False, **options: Any) -> Tensor | list[Tensor] | Generation:
+    """Continue each prompt by up to max_new_tokens drawn tokens, solving one new position per token: `stream`,
+    collected. options: stream's (num_samples, stop, cond, mem_len, warm_start, and SamplingConfig's fields by
+    name: temperature, top_k, top_p, repetition_penalty, seed).
+
     Returns the (N, P + G) ids (for prompts of different lengths, a list of N 1-D tensors, prompt then its
     tokens), or a `Generation` with log-probabilities and solver stats when details=True.
     """
@@ -350,20 +402,26 @@ def generate(
     ragged = bool((prompt_lengths != prompt_ids.shape[1]).any())
     if ragged:  # the list of rows as given, so that stream pads them itself
         prompt_ids = [row[:n] for row, n in zip(prompt_ids, prompt_lengths.tolist(), strict=True)]
-    steps = list(stream(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
-                        num_samples, stop, cond, mem_len, warm_start))
-    if not ragged:
-        new = torch.cat([next_input(model, s.ids) for s in steps], dim=1)
-        ids = torch.cat([prompt_ids.repeat_interleave(num_samples, dim=0), new], dim=1)
-        if not details:
-            return ids
-        finished = torch.stack([s.finished for s in steps], dim=1)
-        logprobs = torch.stack([s.logprobs for s in steps], dim=1)
-        lengths = torch.where(finished.any(1), finished.int().argmax(1) + 1, len(steps))
-        return Generation(ids=ids, logprobs=logprobs, lengths=lengths, prompt_len=prompt_ids.shape[1],
-                          steps=steps, prompt_lengths=prompt_lengths.repeat_interleave(num_samples))
-    return _ragged_result(steps, prompt_ids, prompt_lengths.repeat_interleave(num_samples), num_samples, stop,
-                          details)
+    steps = list(stream(model, prompt_ids, max_new_tokens, sampling, **options))
+    num_samples = len(steps[0].ids) // len(prompt_ids)
+    prompt_lengths = prompt_lengths.repeat_interleave(num_samples)
+    if ragged:
+        return _ragged_result(steps, prompt_ids, prompt_lengths, num_samples, options.get("stop"), details)
+    return _result(model, steps, prompt_ids, prompt_lengths, num_samples, details)
+
+
+def _result(model: DEQSequenceModel, steps: list[TokenStep], prompt_ids: Tensor, prompt_lengths: Tensor,
+            num_samples: int, details: bool) -> Tensor | Generation:
+    """generate's result for prompts of one length: the prompts followed by their sampled tokens."""
+    new = torch.cat([next_input(model, s.ids) for s in steps], dim=1)
+    ids = torch.cat([prompt_ids.repeat_interleave(num_samples, dim=0), new], dim=1)
+    if not details:
+        return ids
+    finished = torch.stack([s.finished for s in steps], dim=1)
+    logprobs = torch.stack([s.logprobs for s in steps], dim=1)
+    lengths = torch.where(finished.any(1), finished.int().argmax(1) + 1, len(steps))
+    return Generation(ids=ids, logprobs=logprobs, lengths=lengths, prompt_len=prompt_ids.shape[1], steps=steps,
+                      prompt_lengths=prompt_lengths)
 
 
 def _ragged_result(steps: list[TokenStep], prompts: list[Tensor], prompt_lengths: Tensor, num_samples: int,

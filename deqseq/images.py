@@ -7,7 +7,7 @@ for a completion) is solved once, then one position per pixel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -15,6 +15,7 @@ from torch import Tensor
 from .data import ImageData
 from .generation import generate
 from .model import DEQSequenceModel, eval_mode
+from .sampling import SamplingConfig
 
 
 @dataclass
@@ -58,7 +59,8 @@ def sample_images(model: DEQSequenceModel, data: ImageData, per_class: int = 8, 
     classes = data.classes if conditioned else 1
     start = torch.full((classes, 1), data.vocab_size - 1, dtype=torch.long)
     cond = torch.arange(classes, device=device) if conditioned else None
-    out = generate(model, start, pixels, temperature, top_k, top_p, seed=seed, num_samples=per_class, cond=cond)
+    sampling = SamplingConfig(temperature, top_k, top_p, seed=seed)
+    out = generate(model, start, pixels, sampling, num_samples=per_class, cond=cond)
     samples, drawn = _as_pixels(out[:, 1:], data)
 
     given_rows = data.height // 2
@@ -68,8 +70,8 @@ def sample_images(model: DEQSequenceModel, data: ImageData, per_class: int = 8, 
     bits = float("nan")
     if completions:
         c = labels.to(device) if conditioned else None
-        done = generate(model, test[:, :given], pixels + 1 - given, temperature, top_k, top_p,
-                        seed=None if seed is None else seed + 1, cond=c)
+        completing = replace(sampling, seed=None if seed is None else seed + 1)
+        done = generate(model, test[:, :given], pixels + 1 - given, completing, cond=c)
         completed, more = _as_pixels(done[:, 1:].cpu(), data)
         drawn += more
         bits = _bits_of_halves(model, test.to(device), c, given)

@@ -1,12 +1,17 @@
 """Next-token sampling from logits (N, V): repetition penalty, temperature, top-k and top-p (nucleus) filtering.
 
 Pure functions over tensors with no knowledge of the model. None of them modifies its input in place.
+`SamplingConfig` holds every option of a draw; `sampling_config` is the one place keyword shortcuts
+(temperature=0.8, seed=0, ...) become one.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,19 +20,21 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How the next token is chosen from the model's logits.
+    """How the next token is chosen from the model's logits (heads of real values use temperature and seed only).
 
     temperature: divides the logits; 0 = greedy (argmax after the repetition penalty).
     top_k: keep the k largest logits (None = all).
     top_p: nucleus; keep the smallest set of most likely tokens whose probability mass is >= top_p (1 = all).
     repetition_penalty: CTRL-style (Keskar et al. 2019); for tokens already in the sequence, positive logits are
         divided by it and negative ones multiplied by it (1 = off).
+    seed: seeds the private generator of a generation, so the same seed gives the same samples (None = random).
     """
 
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -40,11 +47,48 @@ class SamplingConfig:
         if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
             raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off), "
                              f"got {self.repetition_penalty!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral)):
+            raise ValueError(f"seed must be None or an integer, got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:
         """True when the next token is the argmax rather than a random draw."""
         return self.temperature == 0
+
+    @property
+    def filters(self) -> bool:
+        """True when top-k, top-p or the repetition penalty change the logits (options for ids only)."""
+        return self.top_k is not None or self.top_p < 1 or self.repetition_penalty != 1
+
+    def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
+        """A new private generator on `device`, seeded with `seed` (from fresh entropy when it is None)."""
+        generator = torch.Generator(device=device)
+        if self.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(int(self.seed))
+        return generator
+
+
+SAMPLING_OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(SamplingConfig))
+
+
+def sampling_config(sampling: SamplingConfig | None, options: Mapping[str, Any],
+                    others: Sequence[str] = ()) -> SamplingConfig:
+    """`sampling` (SamplingConfig() when None) with the fields named in `options` replaced (and checked).
+
+    A name that is not a field raises a one-line TypeError that lists the fields and `others` (the caller's
+    remaining keyword options, so the list is complete).
+    """
+    if sampling is not None and not isinstance(sampling, SamplingConfig):
+        raise TypeError(f"sampling must be a SamplingConfig or None, got {sampling!r}; give temperature, top_k, "
+                        "... by name")
+    unknown = [name for name in options if name not in SAMPLING_OPTIONS]
+    if unknown:
+        raise TypeError(f"unknown option{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; the options "
+                        f"are {', '.join((*SAMPLING_OPTIONS, *others))}")
+    base = sampling if sampling is not None else SamplingConfig()
+    return replace(base, **options) if options else base
 
 
 def _check_logits(logits: Tensor) -> None:

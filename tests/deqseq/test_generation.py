@@ -1,16 +1,19 @@
 """Cached generation from frozen equilibria against naive re-solving of the whole prefix, sampling options
-end to end, streaming, conditioning, history windows, and scoring against the training loss."""
+end to end, streaming, conditioning, history windows, and scoring against the training loss; the steps
+generation is built of (prefill, step, draw) each on its own, and generate as the collected stream."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 from scipy.stats import chisquare
 
-from deqseq import DEQSequenceModel, ModelConfig, SolverSettings, generate, score, stream
-from deqseq.generation import as_prompt
+from deqseq import DEQSequenceModel, ModelConfig, SamplingConfig, SolverSettings, generate, score, stream
+from deqseq.generation import as_prompt, draw, log_prob, next_input, prefill, step
+from deqseq.sampling import sample_next
 from deqseq.training import evaluate
 from solvers import SolverConfig
 
@@ -291,3 +294,161 @@ def test_ragged_prompts_with_samples_and_a_stop_token():
         assert torch.isfinite(out.logprobs[row, :n]).all()
         assert (out.new_ids[row, n - 1 :] == stop).all() if n < 12 else True
     assert out.lengths[1].item() <= 4
+
+
+# ------------------------------------------------------------------------------------- the steps, one at a time
+
+
+def _tensors(history) -> dict[str, torch.Tensor]:
+    return {f.name: getattr(history, f.name) for f in dataclasses.fields(history)
+            if isinstance(getattr(history, f.name), torch.Tensor)}
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_prefill_gives_the_sequence_level_solve_of_the_prompt(cell):
+    model = make_model(cell)
+    prompt = torch.randint(0, VOCAB, (3, 7), generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        state = prefill(model, prompt)
+        full = model(prompt)
+    assert state.history.offset == 7 and state.history.batch_size == 3
+    expected = _tensors(full.history)
+    assert expected and all(torch.equal(t, expected[name]) for name, t in _tensors(state.history).items())
+    assert torch.equal(state.params, full.logits[:, -1]) and torch.equal(state.z, full.z[:, -1:])
+    assert state.params.shape == (3, VOCAB) and state.iterations.shape == (3,) and bool(state.converged.all())
+    assert (state.residual < 1e-10).all()
+    fanned = state.select(torch.tensor([2, 2, 0]))  # samples fanned out of one prompt's solve
+    assert torch.equal(fanned.params, state.params[[2, 2, 0]]) and fanned.history.batch_size == 3
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_steps_after_prefill_equal_re_solving_the_whole_sequence(cell):
+    model = make_model(cell)
+    ids = torch.randint(0, VOCAB, (2, 10), generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        state = prefill(model, ids[:, :4])
+        for t in range(4, 10):
+            before = {name: x.clone() for name, x in _tensors(state.history).items()}
+            frozen = state.history
+            state = step(model, ids[:, t : t + 1], frozen)
+            full = model(ids[:, : t + 1])
+            assert state.history.offset == t + 1
+            assert (state.params - full.logits[:, -1]).abs().max().item() < 1e-9
+            assert (state.z - full.z[:, -1:]).abs().max().item() < 1e-9
+            # the history a step solves against stays as it was (branches from it stay valid)
+            assert all(torch.equal(x, before[name]) for name, x in _tensors(frozen).items())
+
+
+def test_a_step_starts_from_z0_and_reaches_the_same_equilibrium():
+    model = make_model("transformer")
+    with torch.no_grad():
+        model.deq.cell.qkv.weight.mul_(0.5)  # a contraction: one fixed point, whatever the start
+        ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(13))
+        state = prefill(model, ids[:, :7])
+        cold = step(model, ids[:, 7:], state.history)
+        warm = step(model, ids[:, 7:], state.history, z0=state.z)  # the previous position's equilibrium
+        settled = step(model, ids[:, 7:], state.history, z0=cold.z)  # its own: already the fixed point
+    assert (cold.z - warm.z).abs().max().item() < 1e-9
+    assert (cold.params - warm.params).abs().max().item() < 1e-9
+    assert (settled.iterations <= 2).all() and (cold.iterations >= 5).all()
+    assert (settled.z - cold.z).abs().max().item() < 1e-10
+
+
+def test_draw_at_temperature_zero_is_the_argmax_and_seeded_draws_are_sample_next():
+    model = make_model("transformer")
+    params = torch.randn(6, VOCAB, dtype=torch.float64, generator=torch.Generator().manual_seed(14)) * 3
+    greedy = draw(model, params, SamplingConfig(temperature=0), torch.Generator())
+    assert torch.equal(greedy, params.argmax(-1))
+    config = SamplingConfig(temperature=0.7, top_k=4, seed=5)
+    drawn = draw(model, params, config, config.generator())
+    assert torch.equal(drawn, sample_next(params, config, torch.Generator().manual_seed(5)))
+    assert not torch.equal(drawn, greedy)  # 6 draws at temperature 0.7 from logits of scale 3
+    # previous: the ids so far, penalised; at a huge penalty the argmax moves off every seen id
+    penalised = draw(model, params, SamplingConfig(temperature=0, repetition_penalty=1e6), torch.Generator(),
+                     previous=greedy[:, None])
+    assert (penalised != greedy).all()
+    assert torch.allclose(log_prob(model, params, greedy), torch.log_softmax(params, -1).max(-1).values)
+    assert torch.equal(next_input(model, greedy), greedy[:, None])
+
+
+def test_draw_for_real_values_and_levels_uses_the_head_and_feeds_back_what_model_io_says():
+    mog = make_model("transformer", input="linear", in_dim=2, head="mog", mixtures=3)
+    with torch.no_grad():
+        params = mog(torch.randn(4, 3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(15))).params
+    params = params[:, -1]
+    mode = draw(mog, params, SamplingConfig(temperature=0), torch.Generator().manual_seed(0))
+    assert torch.equal(mode, draw(mog, params, SamplingConfig(temperature=0), torch.Generator().manual_seed(1)))
+    assert torch.equal(mode, mog.head.sample(params[:, None], 0.0)[:, 0]) and mode.shape == (4, 2)
+    value = draw(mog, params, SamplingConfig(seed=2), SamplingConfig(seed=2).generator())
+    assert torch.equal(value, mog.head.sample(params[:, None], 1.0, torch.Generator().manual_seed(2))[:, 0])
+    assert torch.equal(log_prob(mog, params, value), -mog.head.nll(params[:, None], value[:, None])[:, 0])
+    assert torch.equal(next_input(mog, value), value[:, None, :])  # values are fed back as they are
+    dmol = make_model("transformer", head="dmol", levels=VOCAB, mixtures=2)
+    with torch.no_grad():
+        params = dmol(torch.tensor([[1, 5, 9]])).params[:, -1]
+    level = draw(dmol, params, SamplingConfig(seed=3), SamplingConfig(seed=3).generator())
+    assert level.dtype == torch.float64 and level.shape == (1, 1)  # a value on the level grid ...
+    fed = next_input(dmol, level)  # ... fed back as its level id
+    assert fed.dtype == torch.long and torch.equal(fed, dmol.head.to_levels(level))
+
+
+# ------------------------------------------------------------------------------- generate, stream and options
+
+
+def _same_steps(a, b) -> bool:
+    """Whether two lists of TokenSteps agree exactly in everything but their timings."""
+    def same(x, y) -> bool:
+        return torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+
+    names = ("index", "ids", "logprobs", "iterations", "residual", "converged", "finished", "params", "sampled")
+    return len(a) == len(b) and all(same(getattr(x, n), getattr(y, n))
+                                    for x, y in zip(a, b, strict=True) for n in names)
+
+
+def test_generate_is_the_collected_stream():
+    model = make_model("transformer", dtype=torch.float32, tol=1e-5)
+    prompts = [[1, 2, 3, 4], [5, 6]]
+    options = dict(temperature=0.9, top_p=0.9, repetition_penalty=1.2, seed=4, num_samples=2, stop=[3, 7],
+                   mem_len=5)
+    out = generate(model, prompts, 9, details=True, **options)
+    steps = list(stream(model, prompts, 9, **options))
+    assert _same_steps(out.steps, steps)
+    new = torch.stack([s.ids for s in steps], 1)
+    for row, sequence in enumerate(out.sequences):
+        sampled = torch.stack([s.sampled for s in steps], 1)[row]
+        assert torch.equal(sequence, torch.tensor(prompts[row // 2] + new[row][sampled].tolist())[: len(sequence)])
+    real = make_model("transformer", input="linear", in_dim=2, head="mog", mixtures=3)
+    prompt = torch.randn(2, 3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(16))
+    values = generate(real, prompt, 5, temperature=0.5, seed=1, details=True)
+    assert _same_steps(values.steps, list(stream(real, prompt, 5, temperature=0.5, seed=1)))
+    assert torch.equal(values.ids[:, 3:], torch.stack([s.ids for s in values.steps], 1))
+
+
+def test_a_sampling_config_and_its_keyword_shortcuts_give_the_same_tokens():
+    model = make_model("transformer", dtype=torch.float32, tol=1e-5)
+    config = SamplingConfig(temperature=0.8, top_k=5, top_p=0.95, repetition_penalty=1.1, seed=3)
+    by_config = generate(model, [1, 2, 3], 12, config, num_samples=3)
+    by_name = generate(model, [1, 2, 3], 12, temperature=0.8, top_k=5, top_p=0.95, repetition_penalty=1.1, seed=3,
+                       num_samples=3)
+    assert torch.equal(by_config, by_name)
+    # a shortcut replaces the config's field
+    assert torch.equal(generate(model, [1, 2, 3], 12, dataclasses.replace(config, seed=9), seed=3, num_samples=3),
+                       by_name)
+    assert not torch.equal(generate(model, [1, 2, 3], 12, config, seed=9, num_samples=3), by_name)
+
+
+def test_unknown_options_raise_one_line_errors_naming_them_and_the_allowed_ones():
+    model = make_model("transformer", dtype=torch.float32, tol=1e-4)
+    with pytest.raises(TypeError, match="unknown option 'temprature'") as info:
+        generate(model, [1, 2], 3, temprature=0.5)
+    message = str(info.value)
+    assert "\n" not in message
+    for allowed in ("temperature", "top_k", "top_p", "repetition_penalty", "seed", "num_samples", "stop", "cond",
+                    "mem_len", "warm_start"):
+        assert allowed in message.split("options are")[1]
+    with pytest.raises(TypeError, match="unknown options 'beams', 'top_q'"):
+        next(stream(model, [1, 2], 3, beams=2, top_q=0.5))
+    with pytest.raises(TypeError, match="sampling must be a SamplingConfig"):
+        generate(model, [1, 2], 3, 0.8)  # the old positional temperature
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, [1, 2], 3, temperature=-1.0)

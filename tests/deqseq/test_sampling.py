@@ -9,10 +9,12 @@ import torch
 from scipy.stats import chisquare
 
 from deqseq.sampling import (
+    SAMPLING_OPTIONS,
     SamplingConfig,
     apply_repetition_penalty,
     processed_logits,
     sample_next,
+    sampling_config,
     top_k_filter,
     top_p_filter,
 )
@@ -34,6 +36,7 @@ def _kept(logits: torch.Tensor) -> set[int]:
     ("top_k", 0), ("top_k", -3), ("top_k", 2.5),
     ("top_p", 0.0), ("top_p", 1.5), ("top_p", math.nan),
     ("repetition_penalty", 0.0), ("repetition_penalty", -1.0), ("repetition_penalty", math.nan),
+    ("seed", 1.5), ("seed", True), ("seed", "3"),
 ])
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field) as info:
@@ -46,6 +49,42 @@ def test_config_defaults_and_greedy():
     assert not SamplingConfig().greedy
     assert SamplingConfig(temperature=0).greedy
     assert SamplingConfig(top_k=1, top_p=1.0, repetition_penalty=0.5).top_k == 1
+    assert SamplingConfig().seed is None and SamplingConfig(seed=-3).seed == -3
+    assert not SamplingConfig(temperature=0.3, seed=1).filters
+    assert all(SamplingConfig(**{k: v}).filters for k, v in (("top_k", 5), ("top_p", 0.9),
+                                                               ("repetition_penalty", 1.1)))
+
+
+def test_the_config_seeds_its_generator():
+    flat = torch.zeros(4, 50)
+    draws = [sample_next(flat, SamplingConfig(), SamplingConfig(seed=s).generator()) for s in (3, 3, 4)]
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    assert torch.equal(draws[0], sample_next(flat, SamplingConfig(), _gen(3)))
+    unseeded = SamplingConfig().generator()
+    assert unseeded.initial_seed() != SamplingConfig().generator().initial_seed()  # fresh entropy each time
+
+
+def test_sampling_config_merges_keyword_shortcuts_into_one_config():
+    assert SAMPLING_OPTIONS == ("temperature", "top_k", "top_p", "repetition_penalty", "seed")
+    assert sampling_config(None, {}) == SamplingConfig()
+    base = SamplingConfig(temperature=0.5, top_k=3, seed=1)
+    assert sampling_config(base, {}) is base
+    assert sampling_config(base, {"seed": 7, "top_p": 0.9}) == SamplingConfig(0.5, 3, 0.9, seed=7)
+    assert sampling_config(None, {"temperature": 0}).greedy
+    with pytest.raises(ValueError, match="top_k"):  # the merged values are checked like any config's
+        sampling_config(base, {"top_k": 0})
+
+
+def test_sampling_config_refuses_unknown_names_and_non_configs_in_one_line():
+    with pytest.raises(TypeError) as info:
+        sampling_config(None, {"temp": 0.5}, others=("num_samples", "stop"))
+    message = str(info.value)
+    assert "\n" not in message and "'temp'" in message
+    assert message.endswith("the options are temperature, top_k, top_p, repetition_penalty, seed, num_samples, stop")
+    with pytest.raises(TypeError, match="unknown options 'a', 'b'"):
+        sampling_config(None, {"a": 1, "b": 2, "seed": 0})
+    with pytest.raises(TypeError, match="sampling must be a SamplingConfig or None, got 0.8"):
+        sampling_config(0.8, {})
 
 
 # --- seeding ------------------------------------------------------------------------------------------------------
