@@ -18,12 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
-
-if TYPE_CHECKING:  # config.py imports this module: only the type checker follows this edge
-    from .config import SolverConfig
 
 PEER_PREFIX = "torchdeq:"
 PEER_METHODS = ("anderson", "broyden", "fixed_point_iter", "simple_fixed_point_iter")
@@ -49,7 +46,8 @@ class Method(Protocol):
         ...
 
 
-Build = Callable[["SolverConfig", Tensor], Method]
+# build(cfg, x): cfg is the SolverConfig (typed Any because config.py imports this module, not the reverse).
+Build = Callable[[Any, Tensor], Method]
 
 
 @dataclass(frozen=True)
@@ -113,8 +111,9 @@ def lookup(name: str) -> MethodEntry | None:
     return entry
 
 
-def build_method(cfg: SolverConfig, x: Tensor) -> tuple[Method, MethodEntry]:
-    """Build the registered method of `cfg` for the iterate x (S, N); TypeError if it breaks the protocol."""
+def build_method(cfg: Any, x: Tensor) -> tuple[Method, MethodEntry]:
+    """Build the registered method of the SolverConfig `cfg` for the iterate x (S, N); TypeError if it breaks the
+    protocol."""
     entry = lookup(cfg.method)
     if entry is None:
         raise ValueError(f"SolverConfig.method={cfg.method!r} runs in the peer library, not the native loop")
