@@ -288,9 +288,30 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
             _apply_mapping(cfg, data)
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
+    _apply_overrides(cfg, overrides)
+    return _instantiate(cfg, Config)
+
+
+def _scheme(source: str) -> str:
+    return source.strip().partition(":")[0]
+
+
+def _apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> None:
+    """Apply key=value overrides in order. Options belong to their source: when the overrides switch data.source
+    to another source, the options of the earlier layers (defaults, file, saved run) are dropped, and only the
+    data.options keys the overrides give themselves stay, whatever their order."""
+    scheme, earlier = _scheme(cfg.data.source), set(cfg.data.options)
+    given: set[str] = set()
     for text in overrides:
         _apply_override(cfg, text)
-    return _instantiate(cfg, Config)
+        key = text.partition("=")[0].strip()
+        if key.startswith("data.options."):
+            given.add(key[len("data.options."):])
+        elif key == "data.options":
+            earlier = set()  # replaced as a whole
+    if _scheme(cfg.data.source) != scheme:
+        for name in earlier - given:
+            del cfg.data.options[name]
 
 
 def _structured(cfg: Config) -> DictConfig:
@@ -302,8 +323,7 @@ def _structured(cfg: Config) -> DictConfig:
 def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
     """A copy of cfg with dotted key=value overrides applied (values parsed as YAML, then checked by type)."""
     node = _structured(cfg)
-    for text in overrides:
-        _apply_override(node, text)
+    _apply_overrides(node, overrides)
     return _instantiate(node, Config)
 
 

@@ -58,3 +58,17 @@ def test_resume_refuses_changed_data_options_and_accepts_configs_saved_before_op
     before = config_to_dict(load_config(None, ["data.source=markov:vocab=8"]))
     del before["data"]["options"]  # a checkpoint written before data.options existed
     check_resumable(before, config_to_dict(load_config(None, ["data.source=markov:vocab=8"])))
+
+
+def test_switching_the_source_drops_the_file_options_but_keeps_the_overrides_own(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("data:\n  source: stdlib\n  options:\n    max_bytes: 4000000\n", encoding="utf-8")
+    assert load_config(path, []).data.spec == "stdlib:max_bytes=4000000"
+    assert load_config(path, ["data.source=markov:order=1"]).data.spec == "markov:order=1"
+    # The options given with the new source stay, before or after it.
+    assert load_config(path, ["data.options.vocab=8", "data.source=markov"]).data.spec == "markov:vocab=8"
+    assert load_config(path, ["data.source=markov", "data.options.vocab=8"]).data.spec == "markov:vocab=8"
+    # The same source keeps them: an option is then overridden key by key.
+    assert load_config(path, ["data.source=stdlib", "data.options.max_bytes=10"]).data.spec == "stdlib:max_bytes=10"
+    from deqseq.config import apply_overrides
+    assert apply_overrides(load_config(path, []), ["data.source=digits"]).data.spec == "digits"
