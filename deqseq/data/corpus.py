@@ -1,14 +1,19 @@
-"""The Corpus record (three id streams and their tokenizer) and the 90/5/5 split proportions."""
+"""The Corpus record (three id streams and their tokenizer, a SequenceData) and the 90/5/5 split proportions."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from .batching import StreamBatcher
 from .errors import DataError
 from .tokenizers import Tokenizer
+
+if TYPE_CHECKING:
+    from ..inputs import Reads
 
 SPLITS = ("train", "valid", "test")
 TRAIN_PERCENT, VALID_PERCENT = 90, 5  # the test split gets the rest
@@ -32,6 +37,7 @@ class Corpus:
 
     unit: what one id stands for ("byte", "char" or "token"), for bits-per-unit reporting.
     entropy_rate: the source's exact entropy rate in nats per token where it is known (synthetic sources).
+    A SequenceData: each split is one stream of ids over the tokenizer's vocabulary, without conditioning.
     """
 
     train: Tensor
@@ -61,3 +67,56 @@ class Corpus:
     def sizes(self) -> dict[str, int]:
         """Number of ids in each split."""
         return {name: len(getattr(self, name)) for name in SPLITS}
+
+    @property
+    def elements(self) -> str:
+        """What a position holds, for messages."""
+        return "token ids"
+
+    @property
+    def reads(self) -> Reads:
+        """A model of a corpus reads ids."""
+        return "ids"
+
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's vocabulary size."""
+        return self.tokenizer.vocab_size
+
+    @property
+    def in_dim(self) -> None:
+        """Ids have no value width."""
+        return None
+
+    @property
+    def cond_dim(self) -> int:
+        """A corpus has no conditioning."""
+        return 0
+
+    @property
+    def cond_kind(self) -> str:
+        """A corpus has no conditioning."""
+        return "none"
+
+    @property
+    def stream(self) -> bool:
+        """Each split is one stream: consecutive segments continue each other."""
+        return True
+
+    def amount(self, split: str) -> str:
+        """The number of ids of a split, in words."""
+        return f"{len(self.split(split)):,} {self.unit}s"
+
+    def batches(self, split: str, batch_size: int, seq_len: int, *, training: bool = False,
+                seed: int = 0) -> StreamBatcher:
+        """Consecutive segments of batch_size parallel rows of the split's stream (see StreamBatcher), for
+        training and evaluation alike (the seed is not used)."""
+        return StreamBatcher(self.split(split), batch_size, seq_len)
+
+    def baselines(self) -> dict[str, float]:
+        """The exact entropy rate (the best achievable NLL) where the source knows it."""
+        return {} if self.entropy_rate is None else {"data_entropy_rate": self.entropy_rate}
+
+    def notes(self) -> list[str]:
+        """No start-of-run lines."""
+        return []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,10 @@ from torch import Tensor
 
 from .corpus import SPLITS, split_sizes
 from .errors import DataError
+from .series import SeriesBatcher, series_batches
+
+if TYPE_CHECKING:
+    from ..inputs import Reads
 
 LEVELS = 17  # gray levels 0..16
 SIDE = 8
@@ -29,9 +34,8 @@ START = LEVELS  # the start token's id; the vocabulary is LEVELS + 1
 class ImageData:
     """Train / valid / test images as id sequences (N, 1 + H W) int64, START first, with class labels (N,).
 
-    cond_*: the labels as class conditioning when cond_kind is "class", else None. Interface shared with
-    SeriesData (split, cond, sizes, spec, description, unit, cond_kind, cond_dim), so the trainer batches and
-    scores both the same way.
+    cond_*: the labels as class conditioning when cond_kind is "class", else None. A SequenceData of independent
+    sequences of pixel ids (reads "ids" over vocab_size), batched like series (split, cond, sizes as SeriesData).
     """
 
     train: Tensor
@@ -49,7 +53,6 @@ class ImageData:
     description: str = ""
     unit: str = "dim"
     tokenizer: None = None
-    nll_bound: None = None
 
     @property
     def vocab_size(self) -> int:
@@ -78,6 +81,47 @@ class ImageData:
     def sizes(self) -> dict[str, int]:
         """Number of images in each split."""
         return {name: len(getattr(self, name)) for name in SPLITS}
+
+    @property
+    def elements(self) -> str:
+        """What a position holds, for messages."""
+        return "pixel ids"
+
+    @property
+    def reads(self) -> Reads:
+        """A model of images reads pixel ids."""
+        return "ids"
+
+    @property
+    def in_dim(self) -> None:
+        """Ids have no value width."""
+        return None
+
+    @property
+    def stream(self) -> bool:
+        """The images are independent: no history is carried from one batch to the next."""
+        return False
+
+    def amount(self, split: str) -> str:
+        """The number of images of a split, in words."""
+        return f"{len(self.split(split))} images"
+
+    def batches(self, split: str, batch_size: int, seq_len: int, *, training: bool = False,
+                seed: int = 0) -> SeriesBatcher:
+        """Batches of whole images of the split with their class conditioning (see SeriesBatcher)."""
+        return series_batches(self, split, batch_size, seq_len, training, seed)
+
+    def baselines(self) -> dict[str, float]:
+        """Test bits/dim of the train split's independent per-pixel marginals, overall and per class: what a model
+        of no pixel dependencies reaches."""
+        return {"baseline_marginal_bits_per_dim": self.marginal_bits_per_dim("test"),
+                "baseline_class_marginal_bits_per_dim": self.marginal_bits_per_dim("test", by_class=True)}
+
+    def notes(self) -> list[str]:
+        """The marginal baselines, in words."""
+        marginal, by_class = self.baselines().values()
+        return [f"baselines on test: independent per-pixel marginals {marginal:.3f} bits/dim, per class "
+                f"{by_class:.3f}"]
 
     def pixels(self, name: str) -> Tensor:
         """The (N, H, W) pixel levels of split `name`."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +19,10 @@ from torch import Tensor
 from .batching import ResumableBatches
 from .corpus import SPLITS, split_sizes
 from .errors import DataError
+
+if TYPE_CHECKING:
+    from ..inputs import Reads
+    from .digits import ImageData
 
 COND_KINDS = ("none", "period", "class")
 MAX_SERIES_VALUES = 1 << 26  # series * length of one fourier spec (two float32 copies: values and clean)
@@ -105,6 +109,8 @@ class SeriesData:
     exactly is left with eps_t's entropy, and one that does not does worse. A model reaches the bound only once
     the history (and cond) pins down the clean signal, so the first steps of a series are necessarily above it.
     None when noise == 0 (the NLL of a noise-free series is unbounded below).
+
+    A SequenceData of independent sequences of real values (reads "values" of width in_dim).
     """
 
     train: Tensor
@@ -186,6 +192,54 @@ class SeriesData:
     def sizes(self) -> dict[str, int]:
         """Number of series in each split."""
         return {name: len(getattr(self, name)) for name in SPLITS}
+
+    # -- SequenceData --------------------------------------------------------------------------------------
+    @property
+    def elements(self) -> str:
+        """What a position holds, for messages."""
+        return "real values"
+
+    @property
+    def reads(self) -> Reads:
+        """A model of series reads values."""
+        return "values"
+
+    @property
+    def vocab_size(self) -> None:
+        """Values have no vocabulary."""
+        return None
+
+    @property
+    def stream(self) -> bool:
+        """The series are independent: no history is carried from one batch to the next."""
+        return False
+
+    def amount(self, split: str) -> str:
+        """The number of series of a split, in words."""
+        return f"{len(self.split(split))} series"
+
+    def batches(self, split: str, batch_size: int, seq_len: int, *, training: bool = False,
+                seed: int = 0) -> SeriesBatcher:
+        """Batches of whole series of the split with their conditioning (see SeriesBatcher)."""
+        return series_batches(self, split, batch_size, seq_len, training, seed)
+
+    def baselines(self) -> dict[str, float]:
+        """The noise's NLL bound, where the series are noisy."""
+        return {} if self.nll_bound is None else {"data_nll_bound": self.nll_bound}
+
+    def notes(self) -> list[str]:
+        """No start-of-run lines."""
+        return []
+
+
+def series_batches(data: SeriesData | ImageData, split: str, batch_size: int, seq_len: int, training: bool,
+                   seed: int) -> SeriesBatcher:
+    """The SeriesBatcher of a split of independent sequences: shuffled per pass and without an incomplete last
+    batch for training, every sequence once and in order otherwise."""
+    values, cond = data.split(split), data.cond(split)
+    if training:
+        return SeriesBatcher(values, cond, batch_size, seq_len, seed=seed)
+    return SeriesBatcher(values, cond, batch_size, seq_len, seed=seed, shuffle=False, drop_last=False)
 
 
 def fourier_series(

@@ -376,3 +376,85 @@ def test_missing_split_file_and_non_utf8_text_are_data_errors(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1") * 10)
     with pytest.raises(DataError, match="not UTF-8 text"):
         load_corpus(f"text:{tmp_path / 'latin1.txt'}")
+
+
+# --------------------------------------------------------------------------------------------- the data protocol
+
+PROTOCOL_CASES = [  # spec, (type, reads, vocab_size, in_dim, cond_dim, stream, unit, elements, baselines)
+    ("markov:order=1,vocab=8,seed=0,length=3000",
+     ("Corpus", "ids", 8, None, 0, True, "token", "token ids", {"data_entropy_rate"})),
+    ("fourier:series=40,length=9,terms=1,periods=4/6,noise=0.05,seed=0,cond=class",
+     ("SeriesData", "values", None, 1, 2, False, "dim", "real values", {"data_nll_bound"})),
+    ("digits:seed=0,cond=class",
+     ("ImageData", "ids", 18, None, 10, False, "dim", "pixel ids",
+      {"baseline_marginal_bits_per_dim", "baseline_class_marginal_bits_per_dim"})),
+]
+
+
+@pytest.mark.parametrize(("spec", "expected"), PROTOCOL_CASES, ids=["corpus", "series", "images"])
+def test_every_data_class_answers_the_sequence_data_protocol(spec, expected):
+    from deqseq.data.batching import ResumableBatches
+    from deqseq.data.protocol import SequenceData
+
+    if spec.startswith("digits"):
+        pytest.importorskip("sklearn")
+    data = load_corpus(spec)
+    assert isinstance(data, SequenceData)
+    answers = (type(data).__name__, data.reads, data.vocab_size, data.in_dim, data.cond_dim, data.stream, data.unit,
+               data.elements, set(data.baselines()))
+    assert answers == expected
+    assert all(math.isfinite(v) for v in data.baselines().values())
+    assert data.amount("train").split()[0].replace(",", "") == str(data.sizes()["train"])
+    for split in ("train", "valid", "test"):
+        batches = data.batches(split, 2, 4)
+        assert isinstance(batches, ResumableBatches) and batches.position == 0
+        first = next(iter(batches))
+        assert first["x"].shape[:2] == first["t"].shape[:2] == (2, 4) and ("c" in first) == (data.cond_dim > 0)
+        assert (first["x"].dtype.is_floating_point, first["x"].dim()) == (
+            (True, 3) if data.reads == "values" else (False, 2))
+
+
+@pytest.mark.parametrize(("spec", "expected"), PROTOCOL_CASES[1:], ids=["series", "images"])
+def test_independent_sequences_are_scored_in_order_and_trained_on_shuffled(spec, expected):
+    if spec.startswith("digits"):
+        pytest.importorskip("sklearn")
+    data = load_corpus(spec)
+    valid = data.split("valid")
+    scored = list(data.batches("valid", 3, 4))
+    assert torch.equal(torch.cat([b["x"] for b in scored]), valid[:, :4])  # every sequence once, in order
+    assert torch.equal(torch.cat([b["c"] for b in scored]), data.cond("valid"))
+    training = data.batches("train", 5, 4, training=True, seed=5)
+    rows = torch.cat([b["x"] for b in training])
+    assert data.sizes()["train"] % 5 and len(rows) == data.sizes()["train"] // 5 * 5  # the incomplete batch dropped
+    assert not torch.equal(rows, data.split("train")[: len(rows), :4])  # reshuffled
+    again = data.batches("train", 5, 4, training=True, seed=5)
+    assert torch.equal(torch.cat([b["x"] for b in again]), rows)  # from the seed alone
+    assert data.notes() == ([] if data.reads == "values" else [
+        "baselines on test: independent per-pixel marginals 2.436 bits/dim, per class 2.215"])
+
+
+def test_a_corpus_is_one_stream_cut_the_same_way_for_training_and_scoring():
+    data = load_corpus("markov:order=1,vocab=8,seed=0,length=3000")
+    for training in (False, True):
+        batches = data.batches("valid", 2, 8, training=training, seed=3)
+        assert isinstance(batches, StreamBatcher)
+        assert batches.state_dict() == StreamBatcher(data.valid, 2, 8).state_dict()
+    assert data.amount("train") == "2,700 tokens" and data.notes() == []
+
+
+def test_an_object_missing_a_protocol_member_is_not_sequence_data():
+    from deqseq.data.protocol import SequenceData
+
+    class NoBatches:
+        spec, description, unit, elements, tokenizer, reads = "x", "", "token", "token ids", None, "ids"
+        vocab_size, in_dim, cond_dim, cond_kind, stream = 4, None, 0, "none", True
+
+        def split(self, name): ...
+        def sizes(self): ...
+        def amount(self, split): ...
+        def baselines(self): ...
+        def notes(self): ...
+
+    assert not isinstance(NoBatches(), SequenceData)
+    NoBatches.batches = lambda self, split, batch_size, seq_len, training=False, seed=0: None
+    assert isinstance(NoBatches(), SequenceData)
