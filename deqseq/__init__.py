@@ -16,7 +16,7 @@ from .model import DEQSequenceModel, ModelOutput, eval_mode
 from .model_io import ModelIO
 from .sampling import SamplingConfig
 from .scoring import Score, score
-from .training import Trainer, TrainResult, train
+from .training import Trainer, TrainResult, build_run, train
 
 __all__ = [
     "CELLS",
@@ -43,6 +43,7 @@ __all__ = [
     "TokenStep",
     "TrainResult",
     "Trainer",
+    "build_run",
     "cells",
     "check_equivalence",
     "continue_series",

@@ -1,5 +1,6 @@
-"""The training loop: AdamW with warmup + cosine decay, DEQ pretraining schedule, evaluation, checkpoints,
-exact resume, tracking, and data-parallel runs under torchrun."""
+"""The training loop: build_run (a run's resolved config, data, model, optimiser and batches, built without
+training), AdamW with warmup + cosine decay, DEQ pretraining schedule, evaluation on the shared segment-scoring
+loop, checkpoints, exact resume, tracking, and data-parallel runs under torchrun."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -21,14 +22,20 @@ import torch.distributed as dist
 from .cells import History
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import Config, ConfigError, ModelConfig, config_to_dict, dump_yaml
-from .data import Corpus, DataError, ImageData, SeriesBatcher, SeriesData, StreamBatcher, load_corpus
+from .data import DataError, SeriesBatcher, StreamBatcher, load_corpus
+from .data.batching import ResumableBatches
+from .data.protocol import SequenceData
 from .heads import HEADS, heads_emitting
 from .inputs import INPUTS, inputs_reading
-from .model import DEQSequenceModel, eval_mode
+from .model import DEQSequenceModel
 from .progress import Progress
 from .resume import check_resumable
 from .rundir import RunFolder
+from .scoring import NLLTotal, score_segments
 from .tracking import Tracker
+
+if TYPE_CHECKING:
+    from .adversarial import AdversarialTraining
 
 
 class TrainingStopped(RuntimeError):
@@ -126,191 +133,262 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-@torch.no_grad()
+def token_metrics(total: NLLTotal, unit: str) -> dict[str, float]:
+    """Evaluation metrics of a token stream: mean NLL (nats per token), perplexity, bits per unit, tokens."""
+    nll = total.mean
+    return {"nll": nll, "ppl": math.exp(min(nll, 50.0)), f"bits_per_{unit}": nll / math.log(2), "tokens": total.count}
+
+
+def step_metrics(total: NLLTotal, dims: int) -> dict[str, float]:
+    """Evaluation metrics of independent sequences: mean NLL per predicted step (nats), per dimension of a step's
+    `dims`, in bits per dimension, and the number of steps."""
+    nll = total.mean
+    return {"nll": nll, "nll_per_dim": nll / dims, "bits_per_dim": nll / dims / math.log(2), "steps": total.count}
+
+
 def evaluate(model: DEQSequenceModel, ids: torch.Tensor, batch_size: int, seq_len: int, carry_history: bool,
              max_batches: int, device: torch.device, unit: str) -> dict[str, float]:
     """Mean NLL over the tokens of `ids` (history carried across segments when asked), with perplexity and
     bits per unit (byte, char or token)."""
-    batcher = StreamBatcher(ids, batch_size, seq_len)
-    total, count, history = 0.0, 0, None
-    with eval_mode(model):
-        for i, batch in enumerate(batcher):
-            if max_batches and i >= max_batches:
-                break
-            x, t = batch["x"].to(device), batch["t"].to(device)
-            out = model(x, history=history)
-            total += float(model.head.nll(out.logits, t).sum())
-            count += t.numel()
-            history = out.history if carry_history else None
-    nll = total / max(count, 1)
-    return {"nll": nll, "ppl": math.exp(min(nll, 50.0)), f"bits_per_{unit}": nll / math.log(2), "tokens": count}
+    segments = StreamBatcher(ids, batch_size, seq_len)
+    total = score_segments(model, segments, carry_history=carry_history, limit=max_batches, device=device)
+    return token_metrics(total, unit)
 
 
-@torch.no_grad()
 def evaluate_series(model: DEQSequenceModel, values: torch.Tensor, cond: torch.Tensor | None, batch_size: int,
                     seq_len: int, max_batches: int, device: torch.device) -> dict[str, float]:
     """Mean NLL per predicted step (nats) over every series of a split, with nats and bits per dimension."""
-    batcher = SeriesBatcher(values, cond, batch_size, seq_len, shuffle=False, drop_last=False)
-    total, count = 0.0, 0
-    with eval_mode(model):
-        for i, batch in enumerate(batcher):
-            if max_batches and i >= max_batches:
-                break
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out = model(batch["x"], cond=batch.get("c"))
-            nll = model.nll(out, batch)
-            total += float(nll.double().sum())
-            count += nll.numel()
-    nll = total / max(count, 1)
-    dims = model.config.target_dim
-    return {"nll": nll, "nll_per_dim": nll / dims, "bits_per_dim": nll / dims / math.log(2), "steps": count}
+    batches = SeriesBatcher(values, cond, batch_size, seq_len, shuffle=False, drop_last=False)
+    total = score_segments(model, batches, limit=max_batches, device=device)
+    return step_metrics(total, model.config.target_dim)
+
+
+# ------------------------------------------------------------------------------------ the config, resolved
 
 
 def _either(names: tuple[str, ...]) -> str:
     return " or ".join(names)
 
 
-def _fit_model_to_data(model: ModelConfig, corpus: Corpus | SeriesData | ImageData, seq_len: int) -> ModelConfig:
-    """The model config with the data's sizes filled in (vocab_size, in_dim, cond_dim, and trained_len =
-    seq_len); ConfigError when the model cannot read or predict this data."""
-    reads, emits = INPUTS[model.input].reads, HEADS[model.head].emits
-    id_input, id_heads = _either(inputs_reading("ids")), _either(heads_emitting("ids", "levels"))
-    if isinstance(corpus, ImageData):
-        if reads == "values" or emits == "values":
-            raise ConfigError(f"data.source={corpus.spec!r} gives pixel ids; use model.input {id_input} "
-                              f"and model.head {id_heads}, not input={model.input!r}, head={model.head!r}")
-        if emits == "levels" and model.levels != corpus.vocab_size:
-            raise ConfigError(f"model.head={model.head!r} over pixel ids needs model.levels={corpus.vocab_size} (the "
-                              f"{corpus.levels} levels and the start token), got {model.levels}")
-        if model.cond_dim not in (0, corpus.cond_dim):
-            raise ConfigError(f"model.cond_dim={model.cond_dim} does not match the data's {corpus.cond_dim} classes "
-                              f"(cond={corpus.cond_kind})")
-        return replace(model, vocab_size=corpus.vocab_size, cond_dim=corpus.cond_dim, trained_len=seq_len)
-    if isinstance(corpus, Corpus):
-        if reads == "values" or emits == "values":
-            raise ConfigError(f"model.input={model.input!r} / model.head={model.head!r} need real-valued data, but "
-                              f"data.source={corpus.spec!r} gives token ids; use input {id_input} and head "
-                              f"{_either(heads_emitting('ids'))} (or {_either(heads_emitting('levels'))} with levels = "
-                              "vocabulary size)")
-        if emits == "levels" and model.levels != corpus.tokenizer.vocab_size:
-            raise ConfigError(f"model.head={model.head!r} over token ids needs model.levels="
-                              f"{corpus.tokenizer.vocab_size} (the vocabulary size), got {model.levels}")
-        return replace(model, vocab_size=corpus.tokenizer.vocab_size, trained_len=seq_len)
-    if reads == "ids" or emits == "ids":
-        value_inputs, value_heads = _either(inputs_reading("values")), _either(heads_emitting("values", "levels"))
-        raise ConfigError(f"data.source={corpus.spec!r} gives real values (B, T, {corpus.in_dim}); use model.input "
-                          f"{value_inputs} and model.head {value_heads}, not input={model.input!r}, "
+def _check_id_model(model: ModelConfig, data: SequenceData) -> None:
+    """ConfigError when the model cannot read or predict the data's ids."""
+    if INPUTS[model.input].reads == "values" or HEADS[model.head].emits == "values":
+        raise ConfigError(f"model.input={model.input!r} / model.head={model.head!r} need real-valued data, but "
+                          f"data.source={data.spec!r} gives {data.elements}; use input {_either(inputs_reading('ids'))}"
+                          f" and head {_either(heads_emitting('ids'))} (or {_either(heads_emitting('levels'))} with "
+                          f"levels = {data.vocab_size}, one per id)")
+    if HEADS[model.head].emits == "levels" and model.levels != data.vocab_size:
+        raise ConfigError(f"model.head={model.head!r} over {data.elements} needs model.levels={data.vocab_size} "
+                          f"(one level per id), got {model.levels}")
+
+
+def _check_value_model(model: ModelConfig, data: SequenceData) -> None:
+    """ConfigError when the model cannot read or predict the data's values."""
+    if INPUTS[model.input].reads == "ids" or HEADS[model.head].emits == "ids":
+        raise ConfigError(f"data.source={data.spec!r} gives {data.elements} (B, T, {data.in_dim}); use model.input "
+                          f"{_either(inputs_reading('values'))} and model.head "
+                          f"{_either(heads_emitting('values', 'levels'))}, not input={model.input!r}, "
                           f"head={model.head!r}")
-    for key, have in (("in_dim", corpus.in_dim), ("out_dim", corpus.in_dim)):
-        if getattr(model, key) not in (None, have):
-            raise ConfigError(f"model.{key}={getattr(model, key)} does not match the data's {have} values per step")
-    if model.cond_dim not in (0, corpus.cond_dim):
+    for key in ("in_dim", "out_dim"):
+        if getattr(model, key) not in (None, data.in_dim):
+            raise ConfigError(f"model.{key}={getattr(model, key)} does not match the data's {data.in_dim} values "
+                              "per step")
+
+
+def fit_model_to_data(model: ModelConfig, data: SequenceData, seq_len: int) -> ModelConfig:
+    """The model config with the data's sizes filled in (vocab_size or in_dim, cond_dim, and trained_len =
+    seq_len); ConfigError when the model cannot read or predict this data."""
+    if data.reads == "ids":
+        _check_id_model(model, data)
+        sizes = {"vocab_size": data.vocab_size}
+    else:
+        _check_value_model(model, data)
+        sizes = {"in_dim": data.in_dim}
+    if model.cond_dim not in (0, data.cond_dim):
         raise ConfigError(f"model.cond_dim={model.cond_dim} does not match the data's conditioning width "
-                          f"{corpus.cond_dim} (cond={corpus.cond_kind})")
-    return replace(model, in_dim=corpus.in_dim, cond_dim=corpus.cond_dim, trained_len=seq_len)
+                          f"{data.cond_dim} (cond={data.cond_kind})")
+    return replace(model, **sizes, cond_dim=data.cond_dim, trained_len=seq_len)
+
+
+def _check_batching(cfg: Config, data: SequenceData) -> None:
+    """Refuse, before step 1, a history carried across independent sequences, or an evaluation batching that
+    cannot cut the valid or test split."""
+    d = cfg.data
+    if d.mem_len and not data.stream:
+        raise ConfigError("data.mem_len carries history across segments of one stream; series data is "
+                          "independent sequences, so use data.mem_len=0")
+    for split in ("valid", "test"):
+        try:
+            data.batches(split, d.eval_batch_size, d.seq_len)
+        except DataError as err:
+            raise ConfigError(f"data.eval_batch_size={d.eval_batch_size} does not fit the {split} split: {err}"
+                              ) from None
+
+
+def resolve_config(cfg: Config, data: SequenceData) -> Config:
+    """cfg as a run on `data` uses it: the model's sizes from the data (fit_model_to_data), and a transformer's
+    attention window = data.mem_len when the model sets none (the history a run carries is what each query
+    sees). ConfigError when the model or the batching does not fit the data."""
+    model = fit_model_to_data(cfg.model, data, cfg.data.seq_len)
+    if cfg.data.mem_len and model.cell == "transformer" and model.window is None:
+        model = replace(model, window=cfg.data.mem_len)
+    cfg = replace(cfg, model=model)
+    _check_batching(cfg, data)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------- building a run
+
+
+@dataclass
+class Run:
+    """The pieces of a training run, built by build_run: nothing trained, nothing written.
+
+    cfg:         the resolved config (see resolve_config); what checkpoints and tracking save.
+    corpus:      the data (train/valid/test splits, a SequenceData).
+    batcher:     the training batches of all ranks (data.batch_size * world rows each).
+    adversarial: the discriminator, its optimizer and losses of train.adversarial, None when it is off.
+    autocast:    whether the training step runs under bf16 autocast.
+    """
+
+    cfg: Config
+    device: torch.device
+    dtype: torch.dtype
+    corpus: SequenceData
+    model: DEQSequenceModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    batcher: ResumableBatches
+    adversarial: AdversarialTraining | None
+    autocast: bool
+
+
+def build_model(cfg: Config, device: torch.device, dtype: torch.dtype) -> DEQSequenceModel:
+    """The model of a resolved config on device in dtype, its cell compiled with run.compile."""
+    model = DEQSequenceModel(cfg.model, cfg.solver).to(device, dtype)
+    if cfg.run.compile:  # the cell is what the solver calls every iteration
+        # The adjoint solve backpropagates through f(z*) many times (retain_graph), which compiled
+        # graphs only allow without donated buffers.
+        torch._functorch.config.donated_buffer = False
+        model.deq.cell.forward = torch.compile(model.deq.cell.forward, dynamic=True)
+    return model
+
+
+def build_adversarial(cfg: Config, model: DEQSequenceModel) -> AdversarialTraining | None:
+    """The discriminator, its optimizer and losses for train.adversarial, None when it is off (ConfigError when
+    the model cannot be a token generator)."""
+    from .adversarial import AdversarialTraining
+
+    t = cfg.train
+    if t.adversarial == "off":
+        return None
+    try:
+        return AdversarialTraining(model, t.adversarial, t.adv_weight, t.adv_tau, t.adv_lr, max_len=cfg.data.seq_len,
+                                   seed=cfg.run.seed, d_model=t.adv_d_model, d_ff=2 * t.adv_d_model)
+    except ValueError as err:
+        raise ConfigError(f"train.adversarial={t.adversarial!r}: {err}") from None
+
+
+def build_run(cfg: Config, *, world: int = 1, device: torch.device | None = None) -> Run:
+    """Load the data, resolve cfg against it and build the model, AdamW with warmup + cosine decay, and the
+    training batches, without training or writing anything.
+
+    torch and random are seeded with run.seed first, so a config builds the same weights as Trainer(cfg).
+    world: the data-parallel ranks the batches are cut for; device: default run.device (ConfigError when it
+    names a CUDA device this machine lacks). ConfigError when the model or the batching does not fit the data.
+    """
+    device = device if device is not None else training_device(cfg.run.device)
+    dtype = torch.float64 if cfg.run.dtype == "float64" else torch.float32
+    torch.manual_seed(cfg.run.seed)
+    random.seed(cfg.run.seed)
+    corpus = load_corpus(cfg.data.spec, cfg.data.tokenizer)
+    cfg = resolve_config(cfg, corpus)
+    model = build_model(cfg, device, dtype)
+    t = cfg.train
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    adversarial = build_adversarial(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, t.warmup_steps, t.max_steps, t.min_lr_ratio))
+    batcher = corpus.batches("train", cfg.data.batch_size * world, cfg.data.seq_len, training=True,
+                             seed=cfg.run.seed)
+    # bf16 autocast of the training step: asked for (any device, CPU included), or by default on CUDA.
+    autocast = cfg.run.amp == "bf16" or (cfg.run.amp == "auto" and device.type == "cuda")
+    return Run(cfg, device, dtype, corpus, model, optimizer, scheduler, batcher, adversarial, autocast)
+
+
+# ------------------------------------------------------------------------------------------------ Trainer
+
+
+def _join_process_group() -> tuple[bool, int, int]:
+    """(distributed, rank, world size) of this process, joining torchrun's process group when WORLD_SIZE > 1."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False, 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True, dist.get_rank(), dist.get_world_size()
+
+
+def _rank_device(name: str, distributed: bool) -> torch.device:
+    """run.device for this rank: a distributed CUDA run puts each rank on its LOCAL_RANK device."""
+    device = training_device(name)
+    if device.type == "cuda" and distributed:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def _checkpoint_path(path: Path) -> Path:
+    """The checkpoint a resume path names: a folder's (or a name without suffix's) last.pt, or the .pt file."""
+    return path / "last.pt" if path.is_dir() or not path.suffix else path
+
+
+def _writing_to(cfg: Config, resume_dir: str | Path | None) -> Config:
+    """cfg with run.out_dir / run.name of resume_dir's run folder: a resumed run writes where it was read from."""
+    if resume_dir is None:
+        return cfg
+    folder = _checkpoint_path(Path(resume_dir)).parent
+    return replace(cfg, run=replace(cfg.run, out_dir=str(folder.parent), name=folder.name))
 
 
 class Trainer:
-    """One training run: builds everything from a Config, then `run()`."""
+    """One training run: builds everything from a Config (build_run), then `run()`."""
 
-    def __init__(self, cfg: Config, resume_dir: str | Path | None = None, progress: bool = True,
+    def __init__(self, cfg: Config, resume_dir: str | Path | None = None, progress: bool | str = True,
                  force: bool = False) -> None:
         """Build data, model, optimiser and batching from cfg; resume from resume_dir (a run folder or a .pt file,
         whose folder the run then keeps writing to) or, with train.resume, from out_dir/name. A fresh run into a
         folder that already holds one is refused unless force (which starts it over)."""
-        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if self.distributed and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        self.rank = dist.get_rank() if self.distributed else 0
-        self.world = dist.get_world_size() if self.distributed else 1
-        self.device = training_device(cfg.run.device)
-        if self.device.type == "cuda" and self.distributed:
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        self.dtype = torch.float64 if cfg.run.dtype == "float64" else torch.float32
+        self.distributed, self.rank, self.world = _join_process_group()
+        device = _rank_device(cfg.run.device, self.distributed)
         torch.set_num_threads(cfg.run.threads or default_threads())
-        if resume_dir is not None:  # a resumed run writes where it was read from
-            folder = Path(resume_dir) if Path(resume_dir).is_dir() or not Path(resume_dir).suffix else Path(
-                resume_dir).parent
-            cfg = replace(cfg, run=replace(cfg.run, out_dir=str(folder.parent), name=folder.name))
-        self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
-        torch.manual_seed(cfg.run.seed)
-        random.seed(cfg.run.seed)
-
-        self.corpus: Corpus | SeriesData | ImageData = load_corpus(cfg.data.spec, cfg.data.tokenizer)
-        self.series = not isinstance(self.corpus, Corpus)  # independent fixed-length sequences (series, images)
-        model_cfg = _fit_model_to_data(cfg.model, self.corpus, cfg.data.seq_len)
-        if cfg.data.mem_len and model_cfg.cell == "transformer" and model_cfg.window is None:
-            model_cfg = replace(model_cfg, window=cfg.data.mem_len)
-        self.cfg = replace(cfg, model=model_cfg)
-        self._check_eval_batches()
-        self.model = DEQSequenceModel(model_cfg, cfg.solver).to(self.device, self.dtype)
-        if cfg.run.compile:  # the cell is what the solver calls every iteration
-            # The adjoint solve backpropagates through f(z*) many times (retain_graph), which compiled
-            # graphs only allow without donated buffers.
-            torch._functorch.config.donated_buffer = False
-            self.model.deq.cell.forward = torch.compile(self.model.deq.cell.forward, dynamic=True)
-        # bf16 autocast of the training step: asked for (any device, CPU included), or by default on CUDA.
-        self.autocast = cfg.run.amp == "bf16" or (cfg.run.amp == "auto" and self.device.type == "cuda")
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
-                                           weight_decay=cfg.train.weight_decay)
-        t = cfg.train
-        self.adversarial = self._adversarial(cfg) if t.adversarial != "off" else None
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, t.warmup_steps, t.max_steps, t.min_lr_ratio))
-        # Each rank reads its own batch_size streams (or series) out of batch_size * world.
-        if self.series:
-            if cfg.data.mem_len:
-                raise ConfigError("data.mem_len carries history across segments of one stream; series data is "
-                                  "independent sequences, so use data.mem_len=0")
-            self.batcher = SeriesBatcher(self.corpus.train, self.corpus.cond("train"), cfg.data.batch_size * self.world,
-                                         cfg.data.seq_len, seed=cfg.run.seed)
-        else:
-            self.batcher = StreamBatcher(self.corpus.train, cfg.data.batch_size * self.world, cfg.data.seq_len)
+        run = build_run(_writing_to(cfg, resume_dir), world=self.world, device=device)
+        self.cfg, self.device, self.dtype, self.corpus = run.cfg, run.device, run.dtype, run.corpus
+        self.model, self.optimizer, self.scheduler, self.batcher = run.model, run.optimizer, run.scheduler, run.batcher
+        self.adversarial, self.autocast = run.adversarial, run.autocast
+        self.run_dir = Path(self.cfg.run.out_dir) / self.cfg.run.name
         self.step, self.best_valid, self.nonfinite, self.history = 0, math.inf, 0, None
         self.wandb_id: str | None = None
         self.saved: dict[str, int] = {}  # checkpoint name -> the step it holds, for files this run wrote
+        self.progress: bool | str = progress if self.rank == 0 else False
+        self.tracker = Tracker.disabled()
+        self.folder = self._start(resume_dir, force)
+
+    def _start(self, resume_dir: str | Path | None, force: bool) -> RunFolder:
+        """Open the run folder (fresh, or for resuming) and resume from resume_dir or, with train.resume, from the
+        run folder's last.pt when there is one."""
         resume_path = Path(resume_dir) if resume_dir is not None else None
-        if resume_path is None and cfg.train.resume and (self.run_dir / "last.pt").is_file():
-            resume_path = self.run_dir  # train.resume: continue when a checkpoint exists
+        if resume_path is None and self.cfg.train.resume and (self.run_dir / "last.pt").is_file():
+            resume_path = self.run_dir
         resumed = self._read_resumable(resume_path) if resume_path is not None else None  # before writing anything
-        self.folder = RunFolder(self.run_dir)
+        folder = RunFolder(self.run_dir)
         if self.rank == 0:
-            self.folder.open(fresh=resumed is None, force=force)
+            folder.open(fresh=resumed is None, force=force)
         try:
             if resumed is not None:
                 self._resume(*resumed)
         except BaseException:
-            self.folder.close()
+            folder.close()
             raise
-        self.progress: bool | str = progress if self.rank == 0 else False
-        self.tracker = Tracker.disabled()
-
-    def _check_eval_batches(self) -> None:
-        """Refuse, before step 1, an evaluation batching that cannot cut the valid or test split."""
-        d = self.cfg.data
-        for split in ("valid", "test"):
-            try:
-                if self.series:
-                    SeriesBatcher(self.corpus.split(split), self.corpus.cond(split), d.eval_batch_size, d.seq_len,
-                                  shuffle=False, drop_last=False)
-                else:
-                    StreamBatcher(self.corpus.split(split), d.eval_batch_size, d.seq_len)
-            except DataError as err:
-                raise ConfigError(f"data.eval_batch_size={d.eval_batch_size} does not fit the {split} split: {err}"
-                                  ) from None
-
-    def _adversarial(self, cfg: Config):
-        """The discriminator, its optimizer and losses for train.adversarial (ConfigError when the model cannot be
-        a token generator)."""
-        from .adversarial import AdversarialTraining
-
-        t = cfg.train
-        try:
-            return AdversarialTraining(self.model, t.adversarial, t.adv_weight, t.adv_tau, t.adv_lr,
-                                       max_len=cfg.data.seq_len, seed=cfg.run.seed, d_model=t.adv_d_model,
-                                       d_ff=2 * t.adv_d_model)
-        except ValueError as err:
-            raise ConfigError(f"train.adversarial={t.adversarial!r}: {err}") from None
+        return folder
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -348,7 +426,7 @@ class Trainer:
     def _read_resumable(self, run_dir: Path) -> tuple[Path, dict[str, Any]]:
         """The checkpoint to resume from (a folder's last.pt, or a .pt file) and its state, checked to fit the
         config (CheckpointError / ConfigError with one line)."""
-        path = run_dir / "last.pt" if run_dir.is_dir() or not run_dir.suffix else run_dir
+        path = _checkpoint_path(run_dir)
         state = read_checkpoint(path, map_location=self.device)
         check_resumable(state["config"], config_to_dict(self.cfg))
         return path, state
@@ -438,14 +516,13 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------------
     def _evaluate(self, split: str) -> dict[str, float]:
-        d, t = self.cfg.data, self.cfg.train
-        max_batches = t.eval_batches if split == "valid" else 0
-        if self.series:
-            return evaluate_series(self.model, self.corpus.split(split), self.corpus.cond(split), d.eval_batch_size,
-                                   d.seq_len, max_batches, self.device)
-        ids = self.corpus.valid if split == "valid" else self.corpus.test
-        return evaluate(self.model, ids, d.eval_batch_size, d.seq_len, bool(d.mem_len), max_batches, self.device,
-                        self.corpus.unit)
+        d = self.cfg.data
+        limit = self.cfg.train.eval_batches if split == "valid" else 0
+        total = score_segments(self.model, self.corpus.batches(split, d.eval_batch_size, d.seq_len),
+                               carry_history=self.corpus.stream and bool(d.mem_len), limit=limit, device=self.device)
+        if self.corpus.stream:
+            return token_metrics(total, self.corpus.unit)
+        return step_metrics(total, self.model.config.target_dim)
 
     def sample(self, prompt_len: int = 16) -> str:
         """Text generated from the start of the valid split (train.sample_tokens tokens, temperature 0.8,
@@ -457,6 +534,7 @@ class Trainer:
         ids = generate(self.model, prompt, self.cfg.train.sample_tokens, temperature=0.8, top_k=top_k, seed=self.step)
         return self.corpus.tokenizer.decode(ids[0].tolist())
 
+
     def _open_tracking(self) -> None:
         if self.rank != 0:
             return
@@ -466,36 +544,21 @@ class Trainer:
         self.tracker = Tracker(self.run_dir, tr.mode, tr.project, tr.run_name or self.cfg.run.name,
                                config_to_dict(self.cfg), tr.entity, list(tr.tags), resume_id=self.wandb_id)
         self.wandb_id = self.tracker.run_id
-        if getattr(self.corpus, "entropy_rate", None) is not None:  # synthetic sources: the best achievable NLL
-            self.tracker.log({"data_entropy_rate": self.corpus.entropy_rate}, self.step)
-        if getattr(self.corpus, "nll_bound", None) is not None:  # noisy series: no model beats the noise
-            self.tracker.log({"data_nll_bound": self.corpus.nll_bound}, self.step)
-        if isinstance(self.corpus, ImageData):  # what a model of no pixel dependencies reaches
-            self.tracker.log(self._image_baselines(), self.step)
-
-    def _image_baselines(self) -> dict[str, float]:
-        """Test bits/dim of the train split's independent per-pixel marginals, overall and per class."""
-        return {"baseline_marginal_bits_per_dim": self.corpus.marginal_bits_per_dim("test"),
-                "baseline_class_marginal_bits_per_dim": self.corpus.marginal_bits_per_dim("test", by_class=True)}
+        baselines = self.corpus.baselines()  # the best achievable NLL, or what a model of no dependencies reaches
+        if baselines:
+            self.tracker.log(baselines, self.step)
 
     def _describe(self) -> str:
         """The start line: data, model size, device and where the run goes."""
         c, d = self.cfg, self.cfg.data
         params = sum(p.numel() for p in self.model.parameters())
-        if self.series:
-            data = f"{len(self.corpus.train)} training {'images' if isinstance(self.corpus, ImageData) else 'series'}"
-        else:
-            data = f"{len(self.corpus.train):,} training {self.corpus.unit}s"
         solver = c.solver
         mode = f"{solver.grad} gradients, {solver.forward.method} tol {solver.forward.tol:g}"
         start = f"resuming at step {self.step}" if self.step else "starting"
-        line = (f"{start}: {c.model.cell} DEQ, {params:,} parameters, {mode}; {data} ({d.source}), batches of "
-                f"{d.batch_size * self.world} x {d.seq_len}; device {self.device}; run folder {self.run_dir}")
-        if isinstance(self.corpus, ImageData):
-            marginal, by_class = self._image_baselines().values()
-            line += (f"\nbaselines on test: independent per-pixel marginals {marginal:.3f} bits/dim, per class "
-                     f"{by_class:.3f}")
-        return line
+        line = (f"{start}: {c.model.cell} DEQ, {params:,} parameters, {mode}; training on "
+                f"{self.corpus.amount('train')} ({d.source}), batches of {d.batch_size * self.world} x {d.seq_len}; "
+                f"device {self.device}; run folder {self.run_dir}")
+        return "\n".join([line, *self.corpus.notes()])
 
     def _evaluation_line(self, split: str, values: dict[str, float], batches: int) -> str:
         d = self.cfg.data
@@ -505,27 +568,9 @@ class Trainer:
         shown = f"nll {values['nll']:.4f}" + (f"  {unit.replace('_', ' ')} {values[unit]:.4f}" if unit else "")
         return f"step {self.step}: {split} {shown} (over {covers})"
 
-    def run(self) -> TrainResult:
-        """Train to max_steps (or until stopped), evaluating and checkpointing on the way.
-
-        SIGINT / SIGTERM stop the loop after the current step (also during a streak of skipped non-finite
-        steps) and save last.pt; signals during that save are held until it is written. A Ctrl-C during the final
-        evaluation raises KeyboardInterrupt after last.pt is saved.
-        """
+    def _announce(self, show: Progress) -> None:
+        """The start line and, with pretraining, what the first steps train."""
         t = self.cfg.train
-        try:
-            return self._run(t)
-        finally:
-            self.tracker.finish()
-            self.folder.close()
-
-    def _run(self, t) -> TrainResult:
-        self._open_tracking()
-        batches = self.batcher.cycle()
-        show = Progress(self.progress if isinstance(self.progress, str) else ("auto" if self.progress else "off"),
-                        t.max_steps, self.step, t.log_every) if self.rank == 0 else Progress("off", 0, 0, 1)
-        valid, interrupted = None, False
-        tokens = self.cfg.data.batch_size * self.cfg.data.seq_len * self.world
         show.event(self._describe())
         if t.pretrain_steps >= t.max_steps:
             show.event(f"warning: train.pretrain_steps={t.pretrain_steps} >= train.max_steps={t.max_steps}: the whole "
@@ -533,54 +578,94 @@ class Trainer:
         elif self.step < t.pretrain_steps:
             show.event(f"steps 1-{t.pretrain_steps}: pretraining the explicit weight-tied network "
                        f"({t.pretrain_grad}), then the DEQ ({self.cfg.solver.grad})")
+
+    def _skipped(self) -> None:
+        """After a skipped non-finite step: log the streak; at train.max_nonfinite, save and stop."""
+        self.tracker.log({"nonfinite_skips": float(self.nonfinite)}, self.step)
+        if self.nonfinite >= self.cfg.train.max_nonfinite:
+            streak, self.nonfinite = self.nonfinite, 0  # a resumed run counts a streak afresh
+            self.save("last.pt")  # skipped steps changed nothing: these weights are the last good
+            raise TrainingStopped(f"stopped at step {self.step}: {streak} consecutive non-finite losses or "
+                                  f"gradients; {self._last_good()}")
+
+    def _validate(self, show: Progress) -> dict[str, float]:
+        """Evaluate the valid split, log it (and show it) and keep best.pt."""
+        valid = self._evaluate("valid")
+        self.tracker.log({f"valid_{k}": v for k, v in valid.items()}, self.step)
+        show.event(self._evaluation_line("valid", valid, self.cfg.train.eval_batches))
+        if valid["nll"] < self.best_valid:
+            self.best_valid = valid["nll"]
+            self.save("best.pt")
+        return valid
+
+    def _after_step(self, metrics: dict[str, float], show: Progress) -> dict[str, float] | None:
+        """Log a finished step and do what is due at it (evaluate, sample, save); the valid metrics when it
+        evaluated."""
+        t = self.cfg.train
+        if self.step % t.log_every == 0 or self.step == t.max_steps:
+            self.tracker.log(metrics, self.step)
+        show.step(self.step, "pretrain" if metrics.get("pretraining") else "deq", metrics)
+        if self.step == t.pretrain_steps and t.pretrain_steps < t.max_steps:
+            show.event(f"step {self.step}: pretraining done; training the DEQ ({self.cfg.solver.grad})")
+        valid = self._validate(show) if t.eval_every and self.step % t.eval_every == 0 else None
+        if t.sample_every and self.step % t.sample_every == 0 and self.rank == 0 and self.corpus.stream:
+            self.tracker.log_text("sample", self.sample(), self.step)
+        if t.save_every and self.step % t.save_every == 0:
+            self.save("last.pt")
+        return valid
+
+    def _final_evaluation(self) -> tuple[dict[str, float], dict[str, float]]:
+        """The valid and test metrics of the finished run, logged together; best.pt kept."""
+        try:
+            valid, test = self._evaluate("valid"), self._evaluate("test")
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"interrupted during the final evaluation; {self._last_good()}") from None
+        self.tracker.log({**{f"valid_{k}": v for k, v in valid.items()},
+                          **{f"test_{k}": v for k, v in test.items()}}, self.step)
+        if valid["nll"] < self.best_valid:
+            self.best_valid = valid["nll"]
+            self.save("best.pt")
+        return valid, test
+
+    def run(self) -> TrainResult:
+        """Train to max_steps (or until stopped), evaluating and checkpointing on the way.
+
+        SIGINT / SIGTERM stop the loop after the current step (also during a streak of skipped non-finite
+        steps) and save last.pt; signals during that save are held until it is written. A Ctrl-C during the final
+        evaluation raises KeyboardInterrupt after last.pt is saved.
+        """
+        try:
+            return self._run()
+        finally:
+            self.tracker.finish()
+            self.folder.close()
+
+    def _run(self) -> TrainResult:
+        t = self.cfg.train
+        self._open_tracking()
+        batches = self.batcher.cycle()
+        show = Progress(self.progress if isinstance(self.progress, str) else ("auto" if self.progress else "off"),
+                        t.max_steps, self.step, t.log_every) if self.rank == 0 else Progress("off", 0, 0, 1)
+        valid, test = None, None
+        tokens = self.cfg.data.batch_size * self.cfg.data.seq_len * self.world
+        self._announce(show)
         try:
             with stop_requests() as requests:
                 while self.step < t.max_steps and not requests["stop"]:
                     start = time.perf_counter()
                     metrics = self.train_step(next(batches))
                     if metrics is None:
-                        self.tracker.log({"nonfinite_skips": float(self.nonfinite)}, self.step)
-                        if self.nonfinite >= t.max_nonfinite:
-                            streak, self.nonfinite = self.nonfinite, 0  # a resumed run counts a streak afresh
-                            self.save("last.pt")  # skipped steps changed nothing: these weights are the last good
-                            raise TrainingStopped(
-                                f"stopped at step {self.step}: {streak} consecutive non-finite losses or "
-                                f"gradients; {self._last_good()}")
+                        self._skipped()
                         continue
                     self.step += 1
                     metrics["tokens_per_s"] = tokens / (time.perf_counter() - start)
-                    if self.step % t.log_every == 0 or self.step == t.max_steps:
-                        self.tracker.log(metrics, self.step)
-                    phase = "pretrain" if metrics.get("pretraining") else "deq"
-                    show.step(self.step, phase, metrics)
-                    if self.step == t.pretrain_steps and t.pretrain_steps < t.max_steps:
-                        show.event(f"step {self.step}: pretraining done; training the DEQ ({self.cfg.solver.grad})")
-                    if t.eval_every and self.step % t.eval_every == 0:
-                        valid = self._evaluate("valid")
-                        self.tracker.log({f"valid_{k}": v for k, v in valid.items()}, self.step)
-                        show.event(self._evaluation_line("valid", valid, t.eval_batches))
-                        if valid["nll"] < self.best_valid:
-                            self.best_valid = valid["nll"]
-                            self.save("best.pt")
-                    if t.sample_every and self.step % t.sample_every == 0 and self.rank == 0 and not self.series:
-                        self.tracker.log_text("sample", self.sample(), self.step)
-                    if t.save_every and self.step % t.save_every == 0:
-                        self.save("last.pt")
+                    evaluated = self._after_step(metrics, show)
+                    valid = evaluated if evaluated is not None else valid
                 interrupted = self.step < t.max_steps
                 self.save("last.pt")  # still inside stop_requests: a second Ctrl-C cannot cut this save short
             show.close()
-            test = None
             if not interrupted:
-                try:
-                    valid = self._evaluate("valid")
-                    test = self._evaluate("test")
-                except KeyboardInterrupt:
-                    raise KeyboardInterrupt(f"interrupted during the final evaluation; {self._last_good()}") from None
-                self.tracker.log({**{f"valid_{k}": v for k, v in valid.items()},
-                                  **{f"test_{k}": v for k, v in test.items()}}, self.step)
-                if valid["nll"] < self.best_valid:
-                    self.best_valid = valid["nll"]
-                    self.save("best.pt")
+                valid, test = self._final_evaluation()
             return TrainResult(self.run_dir, self.step, self.best_valid, valid, test, interrupted)
         finally:
             show.close()

@@ -1,5 +1,6 @@
-"""Training: the CLI end to end, exact resume across a real SIGINT, non-finite losses, one-line user errors,
-data parallelism under torchrun, and every shipped config on a tiny fixture."""
+"""Training: the CLI end to end, exact resume across a real SIGINT, building a run's pieces without training,
+non-finite losses, one-line user errors, data parallelism under torchrun, and every shipped config on a tiny
+fixture."""
 
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ import pytest
 import torch
 
 from deqseq.cli import train_main
-from deqseq.config import config_from_dict, load_config
+from deqseq.config import ConfigError, config_from_dict, load_config
 from deqseq.data import load_corpus, tokenizer_from_state
 from deqseq.model import DEQSequenceModel
 from deqseq.tracking import Tracker
-from deqseq.training import TrainingStopped, evaluate, lr_factor, train
+from deqseq.training import Trainer, TrainingStopped, build_run, evaluate, lr_factor, train
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -185,6 +186,47 @@ def test_train_resume_flag_starts_fresh_then_continues(tmp_path):
     second = train(load_config(None, tiny(tmp_path, "r", *args, "train.max_steps=3")), progress=False)
     assert second.step == 3
     assert sorted(train_rows(read_metrics(tmp_path / "r"))) == [1, 2, 3]  # step 3 only was trained the 2nd time
+
+
+# ------------------------------------------------------------------------------------------------- building a run
+
+
+def test_build_run_builds_a_trainers_pieces_without_training_or_writing(tmp_path):
+    cfg = load_config(None, tiny(tmp_path, "built", "data.mem_len=8", "train.max_steps=5"))
+    run = build_run(cfg)
+    assert not (tmp_path / "built").exists()  # nothing written
+    assert cfg.model.window is None and cfg.model.vocab_size != 8  # the given config is left as it was
+    m = run.cfg.model  # resolved: the data's vocabulary, the trained length and the carried history's window
+    assert (m.vocab_size, m.trained_len, m.window) == (8, 8, 8) and run.cfg.data == cfg.data
+    assert run.model.config == m and run.model.deq.cell.window == 8 and run.model.default_window == 8
+    assert (run.device, run.dtype, run.autocast, run.adversarial) == (torch.device("cpu"), torch.float32, False, None)
+    assert run.corpus.reads == "ids" and run.corpus.sizes()["train"] == 2700
+    assert run.optimizer.state == {} and run.scheduler.last_epoch == 0 and run.batcher.state_dict()["position"] == 0
+    assert run.scheduler.get_last_lr()[0] == pytest.approx(cfg.train.lr / cfg.train.warmup_steps)
+
+    trainer = Trainer(cfg, progress=False)
+    trainer.folder.close()  # the trainer is compared, never run
+    assert trainer.cfg == run.cfg and trainer.batcher.state_dict() == run.batcher.state_dict()
+    built, trained = run.model.state_dict(), trainer.model.state_dict()
+    assert built.keys() == trained.keys() and all(torch.equal(built[k], trained[k]) for k in built)
+    first = next(run.batcher.cycle())
+    assert all(torch.equal(first[k], v) for k, v in next(trainer.batcher.cycle()).items())
+
+    wide = build_run(cfg, world=2)  # every rank's rows, as a data-parallel Trainer cuts them
+    assert wide.batcher.batch_size == 4 and torch.equal(wide.model.head.proj.weight, run.model.head.proj.weight)
+
+
+def test_build_run_resolves_series_and_refuses_what_does_not_fit(tmp_path):
+    fourier = "data.source=fourier:series=40,length=9,terms=1,periods=4/6,noise=0.05,seed=0,cond=class"
+    run = build_run(load_config(None, tiny(tmp_path, "s", fourier, "model.input=linear", "model.head=mog")))
+    assert (run.cfg.model.in_dim, run.cfg.model.cond_dim, run.cfg.model.trained_len) == (1, 2, 8)
+    assert run.corpus.stream is False and len(run.batcher) == 36 // 2
+    with pytest.raises(ConfigError, match="model.cond_dim=3 does not match the data's conditioning width 0"):
+        build_run(load_config(None, tiny(tmp_path, "t", "model.cond_dim=3")))  # text has no conditioning
+    with pytest.raises(ConfigError, match="use data.mem_len=0"):
+        build_run(load_config(None, tiny(tmp_path, "u", fourier, "model.input=linear", "model.head=mog",
+                                         "data.mem_len=4")))
+    assert not any(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------------------------ non-finite loss
