@@ -3,7 +3,7 @@
 from . import cells
 from .cells import CELLS, register_cell
 from .checkpoint import load_checkpoint
-from .config import Config, ModelConfig, SolverSettings, load_config
+from .config import Config, ConfigError, ModelConfig, SolverSettings, apply_overrides, load_config
 from .data import SOURCES, load_corpus, register_source
 from .deq import DEQLayer, DEQOutput
 from .equivalence import EquivalenceReport, check_equivalence
@@ -29,6 +29,7 @@ __all__ = [
     "register_input",
     "register_source",
     "Config",
+    "ConfigError",
     "DEQLayer",
     "DEQOutput",
     "DEQSequenceModel",
@@ -45,6 +46,7 @@ __all__ = [
     "Trainer",
     "build_run",
     "cells",
+    "apply_overrides",
     "check_equivalence",
     "continue_series",
     "eval_mode",

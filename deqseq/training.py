@@ -507,10 +507,9 @@ class Trainer:
         if adversarial:
             metrics.update(self.adversarial.discriminator_step(out.params.detach(), batch["t"]))
         if self.cfg.data.mem_len:
-            self.history = self.model.last_history
-        stats = self.model.last_stats
-        if stats is not None and stats.backward is not None:
-            metrics.update(stats.backward.summary("bwd_"))
+            self.history = out.history
+        if out.stats is not None and out.stats.backward is not None:  # filled in by loss.backward()
+            metrics.update(out.stats.backward.summary("bwd_"))
         metrics.update(lr=self.scheduler.get_last_lr()[0], grad_norm=float(grad_norm), pretraining=float(pretraining))
         return metrics
 

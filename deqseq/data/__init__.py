@@ -6,6 +6,7 @@ from .corpus import SPLITS, Corpus, split_by_position, split_sizes
 from .digits import ImageData, load_digits_images
 from .errors import DataError, UnknownSymbolError
 from .markov import MarkovChain
+from .protocol import SequenceData
 from .series import SeriesBatcher, SeriesData
 from .sources import (
     SCHEME_TOKENIZERS,
@@ -50,6 +51,7 @@ __all__ = [
     "WordTokenizer",
     "assign_splits",
     "is_image_source",
+    "SequenceData",
     "load_corpus",
     "spec_with_options",
     "load_digits_images",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -22,7 +22,6 @@ from .errors import DataError
 
 if TYPE_CHECKING:
     from ..inputs import Reads
-    from .digits import ImageData
 
 COND_KINDS = ("none", "period", "class")
 MAX_SERIES_VALUES = 1 << 26  # series * length of one fourier spec (two float32 copies: values and clean)
@@ -232,7 +231,15 @@ class SeriesData:
         return []
 
 
-def series_batches(data: SeriesData | ImageData, split: str, batch_size: int, seq_len: int, training: bool,
+class SplitSequences(Protocol):
+    """Independent fixed-length sequences by split (SeriesData, digits' ImageData): what series_batches reads."""
+
+    def split(self, name: str) -> Tensor: ...
+
+    def cond(self, name: str) -> Tensor | None: ...
+
+
+def series_batches(data: SplitSequences, split: str, batch_size: int, seq_len: int, training: bool,
                    seed: int) -> SeriesBatcher:
     """The SeriesBatcher of a split of independent sequences: shuffled per pass and without an incomplete last
     batch for training, every sequence once and in order otherwise."""
