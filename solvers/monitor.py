@@ -66,6 +66,10 @@ class Monitor:
         self.nstep = torch.zeros(systems, dtype=torch.long, device=dev)
         self.trace: list[Tensor] | None = [] if cfg.trace else None
         self.nfe = 0
+        # Where the current iterate is the best one (see observe's fast paths), and any_active's answer, read
+        # in observe's one host synchronisation.
+        self.x_is_best = torch.zeros_like(self.active)
+        self._any_active = True
 
     def observe(self, x: Tensor, fx: Tensor, stepped: bool) -> tuple[Tensor, Tensor]:
         """Record f(x) for all systems; return (x, g) with failed systems reset to their best iterate
@@ -92,9 +96,9 @@ class Monitor:
         g_half, f_twice, limit = self.first
         diverging = finite & (xnorm > limit)
         accepted = finite & ~diverging
-        live = self.active & accepted
+        was_active = self.active
+        live = was_active & accepted
         better = live & (res < self.best_res) if self.coupling == "independent" else live
-        self.best_x = torch.where(better[:, None], x, self.best_x)
         self.best_res = torch.where(better, res, self.best_res)
         self.best_abs = torch.where(better, abs_res, self.best_abs)
         self.best_rel = torch.where(better, rel_res, self.best_rel)
@@ -112,10 +116,25 @@ class Monitor:
         self.active = live & ~converged
         if self.trace is not None:
             self.trace.append(torch.where(accepted, res, self.best_res))
-        x = torch.where(accepted[:, None], x, self.best_x)
-        g = torch.where(self.active[:, None], g, self.zero)
+        # Three full-size selects are a third of the bookkeeping, and usually select everything: skip them when
+        # the masks are uniform, read in one host synchronisation. A frozen system's iterate never moves (its
+        # g is zero, so is its step), so where it was the best iterate when it froze (or was reset to it),
+        # it still is, and x can become best_x without a copy; x is a fresh tensor after a step, never z0.
+        x_is_best = better | (~was_active & self.x_is_best)
+        all_accepted, all_best, all_active, self._any_active = torch.stack(
+            (accepted.all(), x_is_best.all(), self.active.all(), self.active.any())).tolist()
+        if stepped and all_accepted and all_best:
+            self.best_x = x
+        else:
+            self.best_x = torch.where(better[:, None], x, self.best_x)
+        if not all_accepted:
+            x = torch.where(accepted[:, None], x, self.best_x)
+            x_is_best = x_is_best | ~accepted
+        self.x_is_best = x_is_best
+        if not all_active:
+            g = torch.where(self.active[:, None], g, self.zero)
         return x, g
 
     def any_active(self) -> bool:
-        """The one host-device synchronisation of an iteration."""
-        return bool(self.active.any())
+        """Whether any system is still iterating, as of the last observation (read in its synchronisation)."""
+        return self._any_active

@@ -93,3 +93,33 @@ def test_implicit_fixed_point_keeps_failed_systems_finite(method):
     assert torch.isfinite(z).all() and not bool(stats.converged[1])
     z[0].sum().backward()
     assert torch.isfinite(weight.grad)
+
+
+def test_the_monitor_fast_path_keeps_a_frozen_systems_best_iterate():
+    # System 0's lowest relative residual (iteration 1) is a false claim (||f(x)|| blew up), so it converges
+    # later (iteration 2) at an iterate that is not its best. Once frozen its iterate no longer moves; when
+    # every other system improves, the monitor must still not take the frozen iterate as system 0's best.
+    from solvers.monitor import Monitor
+
+    cfg = SolverConfig(method="picard", tol=1e-2, stop="rel")
+    x0 = torch.zeros(2, 4, dtype=torch.float64)
+    mon = Monitor(x0, cfg)
+    ones = torch.ones(2, 4, dtype=torch.float64)
+    x, _ = mon.observe(x0, ones, stepped=False)                          # g = 1 for both: rel 1
+    x1 = torch.stack([1e6 * ones[0], 0.5 * ones[1]])
+    x, _ = mon.observe(x1, torch.stack([1e6 * ones[0] + 1, ones[1]]), stepped=True)   # row 0: rel 1e-6, a claim
+    assert not bool(mon.converged[0]) and float(mon.best_rel[0]) < 1e-5
+    x2 = torch.stack([ones[0], 0.9 * ones[1]])
+    x, _ = mon.observe(x2, torch.stack([ones[0] * 1.001, ones[1]]), stepped=True)   # row 0: rel 1e-3, converges
+    assert bool(mon.converged[0]) and torch.equal(mon.best_x[0], x1[0])
+    x3 = torch.stack([x[0], 0.99 * ones[1]])                              # row 0 frozen, row 1 improves
+    mon.observe(x3, torch.stack([x[0] * 1.001, ones[1]]), stepped=True)
+    assert torch.equal(mon.best_x[0], x1[0]), "the frozen system's best iterate was replaced"
+    assert torch.equal(mon.best_x[1], x3[1])
+
+
+def test_a_solve_that_starts_converged_does_not_return_z0_itself():
+    z0 = torch.ones(3, 5)
+    z, stats = solve(lambda z: z.clone(), z0, SolverConfig(method="anderson", tol=1e-3))
+    assert bool(stats.converged.all()) and stats.nfe == 1
+    assert torch.equal(z, z0) and z.data_ptr() != z0.data_ptr()
