@@ -7,6 +7,7 @@ import contextlib
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +26,12 @@ TINY = ["model.d_model=16", "model.n_heads=2", "model.d_ff=32", "data.batch_size
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    """A folder with runs/default/last.pt (a tiny byte-level model of the stdlib) and deqseq/model.py to score."""
+    """A folder with runs/default/last.pt (a tiny byte-level model of the stdlib), configs/ and deqseq/model.py to
+    score."""
     root = tmp_path_factory.mktemp("readme")
     with contextlib.redirect_stdout(io.StringIO()):
         assert train_main(["--no-progress", *TINY, f"run.out_dir={root / 'runs'}", "run.name=default"]) == 0
+    shutil.copytree(ROOT / "configs", root / "configs")  # snippets run from the repository root
     (root / "deqseq").mkdir()
     (root / "deqseq" / "model.py").write_text((ROOT / "deqseq" / "model.py").read_text(encoding="utf-8")[:3000],
                                                encoding="utf-8")
