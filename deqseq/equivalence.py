@@ -352,14 +352,7 @@ def check_equivalence(
     rho per sequence the larger of the two estimates (Arnoldi with few steps tends to underestimate, so the
     larger is the safer), and rho_t >= 1 at any position fails the check like rho >= 1.
     """
-    if any(k < 1 for k in chunk_sizes):
-        raise ValueError(f"chunk_sizes must be >= 1, got {chunk_sizes}")
-    if tighten is not None and not tighten > 1:
-        raise ValueError(f"tighten must be > 1 (or None), got {tighten}")
-    if starts < 0:
-        raise ValueError(f"starts must be >= 0, got {starts}")
-    if position_iters is not None and position_iters < 0:
-        raise ValueError(f"position_iters must be >= 0 (or None), got {position_iters}")
+    _check_arguments(chunk_sizes, tighten, starts, position_iters)
     if position_iters is None:
         position_iters = min(contraction_iters, model.deq.cell.state_dim)
     window = model.resolve_window(mem_len)
@@ -372,28 +365,58 @@ def check_equivalence(
         def compare(reference: _Run, run: _Run, factor: float = 1.0) -> dict:
             return _compare(reference, run, slack, rho, _implied_residual(model, run, factor))
 
-        runs = {"token": _solve(model, x, cond, 1, window)}
-        for k in sorted(set(chunk_sizes) - {1}):
-            runs[f"chunk={k}"] = _solve(model, x, cond, k, window)
-        modes = {name: compare(ref, run) for name, run in runs.items()}
-        dz = {name: _position_diffs(ref.z, run.z) for name, run in runs.items()}
-        ref_start, factor = ref, 1.0
-        if tighten is not None:
-            ref_tight = ref_start = _solve(model, x, cond, x.shape[1], window, tighten)
-            factor = tighten
-            token_tight = _solve(model, x, cond, 1, window, tighten)
-            tight = compare(ref_tight, token_tight, tighten)
-            dz["token@tight"] = _position_diffs(ref_tight.z, token_tight.z)
-            modes["token"]["tight"] = tight
-            modes["token"]["shrink"] = tight["state_diff"] / max(modes["token"]["state_diff"], 1e-300)
+        def solve(chunk: int, factor: float = 1.0, z0: Tensor | None = None) -> _Run:
+            return _solve(model, x, cond, chunk, window, factor, z0)
+
+        modes, dz, ref_start, factor = _mode_runs(solve, compare, ref, chunk_sizes, tighten)
         generator = torch.Generator(device=x.device).manual_seed(seed)
         start_reports, start_dz = [], []
         for scale in _start_scales(starts):
-            run = _solve(model, x, cond, x.shape[1], window, factor, _random_start(ref_start.z, scale, generator))
+            run = solve(x.shape[1], factor, _random_start(ref_start.z, scale, generator))
             start_reports.append({**compare(ref_start, run, factor), "scale": scale, "tol_factor": factor})
             start_dz.append(_position_diffs(ref_start.z, run.z))
         if start_dz:
             dz["starts"] = [max(values) for values in zip(*start_dz, strict=True)]
+    reference, positions = _reference_summary(ref, rho_seq, rho_pos, rho, dz)
+    return EquivalenceReport(modes=modes, reference=reference, slack=slack, starts=start_reports, positions=positions)
+
+
+def _check_arguments(chunk_sizes: tuple[int, ...], tighten: float | None, starts: int,
+                     position_iters: int | None) -> None:
+    """ValueError for check_equivalence arguments out of range."""
+    if any(k < 1 for k in chunk_sizes):
+        raise ValueError(f"chunk_sizes must be >= 1, got {chunk_sizes}")
+    if tighten is not None and not tighten > 1:
+        raise ValueError(f"tighten must be > 1 (or None), got {tighten}")
+    if starts < 0:
+        raise ValueError(f"starts must be >= 0, got {starts}")
+    if position_iters is not None and position_iters < 0:
+        raise ValueError(f"position_iters must be >= 0 (or None), got {position_iters}")
+
+
+def _mode_runs(solve, compare, ref: _Run, chunk_sizes: tuple[int, ...],
+               tighten: float | None) -> tuple[dict, dict, _Run, float]:
+    """The token and chunk modes compared with the reference (and the token mode again at tolerance / tighten):
+    (modes, per-position diffs, the reference the random starts compare with, its tolerance factor)."""
+    runs = {"token": solve(1)}
+    for k in sorted(set(chunk_sizes) - {1}):
+        runs[f"chunk={k}"] = solve(k)
+    modes = {name: compare(ref, run) for name, run in runs.items()}
+    dz = {name: _position_diffs(ref.z, run.z) for name, run in runs.items()}
+    if tighten is None:
+        return modes, dz, ref, 1.0
+    length = ref.z.shape[1]
+    ref_tight, token_tight = solve(length, tighten), solve(1, tighten)
+    tight = compare(ref_tight, token_tight, tighten)
+    dz["token@tight"] = _position_diffs(ref_tight.z, token_tight.z)
+    modes["token"]["tight"] = tight
+    modes["token"]["shrink"] = tight["state_diff"] / max(modes["token"]["state_diff"], 1e-300)
+    return modes, dz, ref_tight, tighten
+
+
+def _reference_summary(ref: _Run, rho_seq: Tensor, rho_pos: Tensor | None, rho: Tensor,
+                       dz: dict) -> tuple[dict, dict]:
+    """The report's reference entry (solver stats, residual, contraction estimates) and its positions entry."""
     reference = {
         "stats": ref.stats.summary(),
         "converged": bool(ref.stats.converged.all()),
@@ -407,4 +430,4 @@ def check_equivalence(
         positions["rho"] = per_position.tolist()
         reference.update(rho_positions=per_position.max().item(), rho_position=int(per_position.argmax()),
                          rho_bound=rho.max().item())
-    return EquivalenceReport(modes=modes, reference=reference, slack=slack, starts=start_reports, positions=positions)
+    return reference, positions
