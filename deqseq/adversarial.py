@@ -22,7 +22,6 @@ from torch import Tensor
 
 from .config import ADVERSARIAL_MODES
 from .discriminator import NextTokenDiscriminator
-from .inputs import OneHotLinear, TokenEmbedding
 from .model import DEQSequenceModel
 
 RELAXATIONS = ADVERSARIAL_MODES[1:]
@@ -65,9 +64,9 @@ def relaxed_one_hot(logits: Tensor, mode: str, tau: float = 1.0, generator: torc
 def check_adversarial_model(model: DEQSequenceModel) -> None:
     """Raise ValueError unless model takes token ids through an embedding or one-hot input and has a
     categorical head (adversarial training embeds sampled tokens with the model's own input transform)."""
-    if not isinstance(model.input, TokenEmbedding | OneHotLinear):
-        raise ValueError("adversarial training needs token-id inputs (model.input 'embedding' or 'onehot'), "
-                         f"got {type(model.input).__name__}")
+    if not model.io.embeds_onehot:
+        raise ValueError("adversarial training needs token-id inputs that embed one-hot vectors (model.input "
+                         f"'embedding' or 'onehot', or a module with embed_onehot), got {type(model.input).__name__}")
     if not model.io.categorical:
         raise ValueError(f"adversarial training needs a categorical head (one that emits ids), got "
                          f"{type(model.head).__name__} (emits {model.io.emits})")
@@ -76,15 +75,14 @@ def check_adversarial_model(model: DEQSequenceModel) -> None:
 def token_embeddings(model: DEQSequenceModel, onehot: Tensor) -> Tensor:
     """Embed (relaxed) one-hot vectors (B, T, V) with the model's own input transform: (B, T, C).
 
-    TokenEmbedding: onehot @ table (equal to the lookup for hard one-hots); OneHotLinear: the module itself.
+    The input's own `embed_onehot`: onehot @ table for the embedding (equal to the lookup for hard one-hots),
+    the module itself for the one-hot input.
     """
     check_adversarial_model(model)
-    inp = model.input
-    if onehot.dim() != 3 or onehot.shape[-1] != inp.vocab:
-        raise ValueError(f"onehot must have shape (B, T, {inp.vocab}), got {tuple(onehot.shape)}")
-    if isinstance(inp, TokenEmbedding):
-        return onehot.to(inp.weight.dtype) @ inp.weight
-    return inp(onehot.to(inp.proj.weight.dtype))
+    vocab = model.io.vocab
+    if onehot.dim() != 3 or onehot.shape[-1] != vocab:
+        raise ValueError(f"onehot must have shape (B, T, {vocab}), got {tuple(onehot.shape)}")
+    return model.input.embed_onehot(onehot)
 
 
 def _bce(scores: Tensor, real: bool) -> Tensor:
@@ -126,8 +124,9 @@ class AdversarialTraining:
         if not tau > 0:
             raise ValueError(f"tau must be > 0, got {tau}")
         self.model, self.mode, self.weight, self.tau, self.seed = model, mode, float(weight), float(tau), seed
-        ref = model.input.weight if isinstance(model.input, TokenEmbedding) else model.input.proj.weight
-        self.discriminator = NextTokenDiscriminator(model.input.dim, max_len, **disc_kwargs).to(ref.device, ref.dtype)
+        ref = next(model.input.parameters())
+        self.discriminator = NextTokenDiscriminator(model.config.embed_dim, max_len, **disc_kwargs).to(
+            ref.device, ref.dtype)
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=disc_lr, betas=(0.5, 0.999))
         self._generator: torch.Generator | None = None
 

@@ -62,6 +62,10 @@ class TokenEmbedding(nn.Module):
         """Look up the embeddings of the ids (B, T)."""
         return self.table(ids)
 
+    def embed_onehot(self, onehot: Tensor) -> Tensor:
+        """(Relaxed) one-hot vectors (B, T, vocab) times the table: the lookup, for hard one-hots."""
+        return onehot.to(self.weight.dtype) @ self.weight
+
 
 class OneHotLinear(nn.Module):
     """Token ids (B, T) -> one-hot (B, T, vocab) -> a linear map with bias to (B, T, dim).
@@ -88,6 +92,10 @@ class OneHotLinear(nn.Module):
         if not x.dtype.is_floating_point:
             x = F.one_hot(x, self.vocab).to(self.proj.weight.dtype)
         return self.proj(x)
+
+    def embed_onehot(self, onehot: Tensor) -> Tensor:
+        """(Relaxed) one-hot vectors (B, T, vocab) to (B, T, dim): the module itself."""
+        return self.proj(onehot.to(self.proj.weight.dtype))
 
 
 class LinearInput(nn.Module):

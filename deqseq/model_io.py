@@ -13,7 +13,7 @@ How DEQSequenceModel derives `model.io` (`derive_io`):
   the name the config gives (the module stands in for that input or head).
 - Sizes: the module's `vocab` / `in_dim` (input), `target_dim` / `vocab` / `levels` (head) when it has them, else
   the config's vocab_size / in_dim / target_dim / vocab_size / levels; `relaxed` is the input's
-  `accepts_relaxed` (False when absent).
+  `accepts_relaxed` (False when absent), `embeds_onehot` whether an id input has an `embed_onehot` method.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ class ModelIO:
     out_vocab:  ids a head that emits "ids" scores (None = not known).
     levels:     levels of a head that emits "levels".
     relaxed:    the input also takes relaxed one-hot vectors (B, T, vocab) (the "onehot" input).
+    embeds_onehot: the input maps (relaxed) one-hot vectors (B, T, vocab) to its features with its own
+                `embed_onehot` (both built-in id inputs: what adversarial training embeds its samples with).
     """
 
     reads: Reads
@@ -53,6 +55,7 @@ class ModelIO:
     out_vocab: int | None = None
     levels: int | None = None
     relaxed: bool = False
+    embeds_onehot: bool = False
 
     def __post_init__(self) -> None:
         if self.reads not in get_args(Reads):
@@ -148,4 +151,5 @@ def derive_io(config: Any, input: nn.Module, head: nn.Module, *, user_input: boo
         out_vocab=getattr(head, "vocab", config.vocab_size) if emits == "ids" else None,
         levels=getattr(head, "levels", config.levels) if emits == "levels" else None,
         relaxed=bool(getattr(input, "accepts_relaxed", False)),
+        embeds_onehot=reads == "ids" and callable(getattr(input, "embed_onehot", None)),
     )

@@ -17,7 +17,7 @@ from typing import Any
 from solvers import GradMode
 
 from ..checks import check_bool, check_choice, check_int, check_number, check_str
-from ..data import spec_with_options
+from ..data import TOKENIZERS, spec_with_options
 from ..deq import SolverSettings
 from ..model_config import ModelConfig
 
@@ -34,7 +34,6 @@ def field_types(cls: type) -> dict[str, Any]:
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 DTYPES = ("float32", "float64")
 AMP_MODES = ("auto", "bf16", "off")
-TOKENIZERS = ("byte", "char", "word")
 TRACKING_MODES = ("online", "offline", "disabled")
 
 
@@ -87,7 +86,8 @@ class DataConfig:
                      optionally with its options inline as a spec ("markov:order=2,vocab=16", "text:PATH").
     options:         the source's options as keys, merged over the spec's (data.options.vocab=32,
                      data.options.path=corpus.txt); the same names as the spec's key=value part.
-    tokenizer:       "byte" | "char" | "word", or None for the source's default.
+    tokenizer:       a deqseq.data.TOKENIZERS name ("byte", "char", "word"; "id" for synthetic ids), or None
+                     for the source's default; the source says which of them it takes.
     batch_size, seq_len: training batches are (batch_size, seq_len) tokens.
     eval_batch_size: batch size of evaluation.
     mem_len:         segments of history carried across consecutive batches (Transformer-XL style; 0 = none).

@@ -91,3 +91,31 @@ def test_models_that_cannot_be_token_generators_are_refused(tmp_path, capsys, ex
         code = train_main(["--no-progress", *TINY, "tracking.mode=disabled", f"run.out_dir={tmp_path}", *extra])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_adversarial_training_asks_model_io_whether_the_input_embeds_one_hot_vectors():
+    # A user's id input that can embed (relaxed) one-hot vectors works; one that cannot is refused in one line.
+    import pytest as _pytest
+    from torch import nn
+
+    from deqseq import DEQSequenceModel, ModelConfig
+    from deqseq.adversarial import check_adversarial_model, token_embeddings
+
+    class Ids(nn.Module):
+        reads = "ids"
+
+        def __init__(self, embeds: bool):
+            super().__init__()
+            self.vocab, self.proj = 8, nn.Linear(8, 16)
+            if embeds:
+                self.embed_onehot = lambda onehot: self.proj(onehot)
+
+        def forward(self, ids):
+            return self.proj(torch.nn.functional.one_hot(ids, 8).float())
+
+    cfg = ModelConfig(vocab_size=8, d_model=16, n_heads=2, d_ff=32)
+    good = DEQSequenceModel(cfg, input=Ids(True))
+    onehot = torch.nn.functional.one_hot(torch.tensor([[1, 2, 3]]), 8).float()
+    torch.testing.assert_close(token_embeddings(good, onehot), good.input(torch.tensor([[1, 2, 3]])))
+    with _pytest.raises(ValueError, match="embed one-hot vectors"):
+        check_adversarial_model(DEQSequenceModel(cfg, input=Ids(False)))

@@ -146,7 +146,7 @@ def test_user_errors_are_one_line_and_name_the_key(overrides, expected):
     ("run.dtype=float16", ["run.dtype='float16'", "float32, float64"]),
     ("run.amp=fp16", ["run.amp='fp16'", "auto, bf16, off"]),
     ("run.name=a/b", ["run.name='a/b'", "single directory name"]),
-    ("data.tokenizer=bpe", ["data.tokenizer='bpe'", "byte, char, word"]),
+    ("data.tokenizer=bpe", ["data.tokenizer='bpe'", "byte, char, id, word"]),
     ("data.batch_size=0", ["data.batch_size=0 must be an integer >= 1"]),
     ("data.mem_len=-1", ["data.mem_len=-1 must be an integer >= 0"]),
     ("train.lr=0", ["train.lr=0.0 must be a number > 0"]),

@@ -370,13 +370,13 @@ def test_the_io_checks_what_the_model_reads():
 def test_derive_io_reads_the_registry_for_built_modules_and_declarations_for_the_users():
     cfg = ModelConfig(d_model=16, n_heads=2, vocab_size=9)  # embedding + categorical
     built = derive_io(cfg, build_input(cfg), build_head(cfg, 16), user_input=False, user_head=False)
-    assert built == ModelIO(reads="ids", emits="ids", vocab=9, out_vocab=9)
+    assert built == ModelIO(reads="ids", emits="ids", vocab=9, out_vocab=9, embeds_onehot=True)
     # A user's modules declare reads / emits and their sizes: the config's names do not matter then.
     users = derive_io(cfg, SinCos(3, 16), LaplaceHead(16, 3), user_input=True, user_head=True)
     assert users == ModelIO(reads="values", emits="values", target_dim=3, in_dim=3)
     # Modules that declare nothing stand in for what the config names.
     plain = derive_io(cfg, nn.Embedding(9, 16), nn.Linear(16, 9), user_input=True, user_head=True)
-    assert plain == built
+    assert plain == ModelIO(reads="ids", emits="ids", vocab=9, out_vocab=9)  # no embed_onehot of its own
 
 
 def test_user_modules_with_declared_io_generate_what_re_solving_gives():
