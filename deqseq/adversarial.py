@@ -20,10 +20,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import ADVERSARIAL_MODES
 from .discriminator import NextTokenDiscriminator
 from .model import DEQSequenceModel
 
+ADVERSARIAL_MODES = ("off", "straight-through", "gumbel")  # train.adversarial
 RELAXATIONS = ADVERSARIAL_MODES[1:]
 
 

@@ -16,12 +16,11 @@ from typing import Any
 
 from solvers import GradMode
 
+from ..adversarial import ADVERSARIAL_MODES
 from ..checks import check_bool, check_choice, check_int, check_number, check_str
 from ..data import TOKENIZERS, spec_with_options
 from ..deq import SolverSettings
 from ..model_config import ModelConfig
-
-ADVERSARIAL_MODES = ("off", "straight-through", "gumbel")  # train.adversarial; see deqseq.adversarial
 
 
 @cache
