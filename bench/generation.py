@@ -36,11 +36,13 @@ from solvers import SolverConfig  # noqa: E402
 
 def cached_decode(model: DEQSequenceModel, prompt: torch.Tensor, new: int) -> tuple[list, list[float]]:
     """deqseq.stream's greedy steps and the per-token seconds between consecutive steps (the first entry is
-    the prompt's prefill plus the first token)."""
+    the prompt's prefill plus the first token). Every position attends to the whole prefix (mem_len="all"), as
+    in the naive and explicit decoders, so the three compute the same function (a trained model's default
+    window, its training length, would make the cached decoder attend to less than the other two)."""
     steps, seconds = [], []
     sync(prompt.device)
     start = time.perf_counter()
-    for step in stream(model, prompt, new, temperature=0):
+    for step in stream(model, prompt, new, temperature=0, mem_len="all"):
         sync(prompt.device)
         now = time.perf_counter()
         steps.append(step)
@@ -50,7 +52,7 @@ def cached_decode(model: DEQSequenceModel, prompt: torch.Tensor, new: int) -> tu
 
 
 def naive_decode(model: DEQSequenceModel, prompt: torch.Tensor, new: int) -> tuple[torch.Tensor, list[float]]:
-    """Greedy tokens and per-token seconds, re-solving every prefix from scratch."""
+    """Greedy tokens and per-token seconds, re-solving every prefix from scratch (whole prefix attended)."""
     ids, seconds = prompt, []
     for _ in range(new):
         start = time.perf_counter()
@@ -99,11 +101,16 @@ def explicit_decode(model: DEQSequenceModel, prompt: torch.Tensor, new: int, lay
     return seconds
 
 
-def build_model(checkpoint: str | None) -> tuple[DEQSequenceModel, str]:
-    """The benchmarked model: a trained checkpoint, or a random d_model=128 transformer."""
+def build_model(checkpoint: str | None, tol: float | None = None) -> tuple[DEQSequenceModel, str]:
+    """The benchmarked model: a trained checkpoint (with its own solver, or Anderson to `tol`), or a random
+    d_model=128 transformer."""
     if checkpoint:
         model, _, _ = load_checkpoint(checkpoint)
-        return model, checkpoint
+        if tol is None:
+            fwd = model.deq.settings.forward
+            return model, f"{checkpoint}, its own solver ({fwd.method} tol {fwd.tol:g}, {fwd.max_iter} iters)"
+        model.deq.settings = replace(model.deq.settings, forward=SolverConfig(method="anderson", max_iter=40, tol=tol))
+        return model, f"{checkpoint}, anderson tol {tol:g}"
     torch.manual_seed(0)
     solver = SolverSettings(forward=SolverConfig(method="anderson", max_iter=40, tol=1e-4), batch_dims=2)
     cfg = ModelConfig(cell="transformer", vocab_size=256, d_model=128, n_heads=4, d_ff=512)
@@ -116,12 +123,15 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--new", type=int, default=16, help="generated (timed) tokens per length")
     parser.add_argument("--checkpoint", default=None, help="benchmark a trained model instead of a random one")
+    parser.add_argument("--tol", type=float, default=None,
+                        help="with --checkpoint: solve with Anderson to this tolerance instead of the model's own "
+                             "solver (a loose training tolerance lets cached and naive decoding part at near-ties)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--out", default="bench/results/generation.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model, described = build_model(args.checkpoint)
+    model, described = build_model(args.checkpoint, args.tol)
     model = model.to(device)
     vocab = model.config.vocab_size
     rows = []
@@ -129,7 +139,7 @@ def main() -> None:
         for length in args.lengths:
             prompt = torch.randint(0, vocab, (1, length - args.new), generator=torch.Generator().manual_seed(length))
             prompt = prompt.to(device)
-            list(stream(model, prompt[:, :8], 4, temperature=0))  # warm-up
+            list(stream(model, prompt[:, :8], 4, temperature=0, mem_len="all"))  # warm-up
             steps, seconds = cached_decode(model, prompt, args.new)
             cached_ids = torch.stack([s.ids for s in steps], dim=1)
             cached = seconds[1:]  # seconds[0] is the prompt's prefill
