@@ -111,4 +111,9 @@ def score(
     total = score_segments(model, text_segments(ids, segment_len, cond), carry_history=carry_history,
                            window=model.resolve_window(mem_len))
     nll = total.mean
-    return Score(nll=nll, ppl=math.exp(min(nll, 700.0)), bits=nll / math.log(2), tokens=total.count)
+    return Score(nll=nll, ppl=perplexity(nll), bits=nll / math.log(2), tokens=total.count)
+
+
+def perplexity(nll: float) -> float:
+    """exp(nll) for a mean NLL in nats; inf where that overflows a float (never a capped, plausible number)."""
+    return math.inf if nll >= 709.0 else math.exp(nll)  # NaN stays NaN

@@ -31,7 +31,7 @@ from .model import DEQSequenceModel
 from .progress import Progress
 from .resume import check_resumable
 from .rundir import RunFolder
-from .scoring import NLLTotal, score_segments
+from .scoring import NLLTotal, perplexity, score_segments
 from .tracking import Tracker
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def token_metrics(total: NLLTotal, unit: str) -> dict[str, float]:
     """Evaluation metrics of a token stream: mean NLL (nats per token), perplexity, bits per unit, tokens."""
     nll = total.mean
-    return {"nll": nll, "ppl": math.exp(min(nll, 50.0)), f"bits_per_{unit}": nll / math.log(2), "tokens": total.count}
+    return {"nll": nll, "ppl": perplexity(nll), f"bits_per_{unit}": nll / math.log(2), "tokens": total.count}
 
 
 def step_metrics(total: NLLTotal, dims: int) -> dict[str, float]:

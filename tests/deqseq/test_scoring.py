@@ -112,3 +112,14 @@ def test_evaluate_and_score_are_the_shared_loop():
         text = score_segments(model, text_segments(ids[None], 6), carry_history=carry, window=model.default_window)
         result = score(model, ids, 6, carry_history=carry)
         assert (result.nll, result.tokens) == (text.mean, text.count) and text.count == 40
+
+
+def test_perplexity_is_one_rule_for_training_and_scoring_and_never_a_capped_number():
+    import math
+
+    from deqseq.scoring import NLLTotal, perplexity
+    from deqseq.training import token_metrics
+
+    assert perplexity(2.0) == math.exp(2.0) and perplexity(60.0) == math.exp(60.0)  # training used to cap at e^50
+    assert perplexity(800.0) == math.inf and math.isnan(perplexity(math.nan))
+    assert token_metrics(NLLTotal(nats=120.0, count=2), "byte")["ppl"] == perplexity(60.0)
