@@ -272,9 +272,6 @@ def _score_command(args, model, tokenizer, config) -> int:
 
 
 def _generate_command(args, model, tokenizer, prompts: list[list[int]], mem_len: int | str | None) -> int:
-    import torch
-
-    from .equivalence import check_equivalence
     from .generation import next_input, stream
 
     stops = _stop_strings(args.stop)
@@ -320,14 +317,23 @@ def _generate_command(args, model, tokenizer, prompts: list[list[int]], mem_len:
     if args.stats:
         _print_generation_stats(steps, min(map(len, prompts)))
     if args.check_equivalence:
-        device = next(model.parameters()).device
-        # Rows are checked in groups of one length (a stop string can end rows at different tokens).
-        code = 0
-        for length in sorted({len(rows[i]) + len(new[i]) for i in range(n)}):
-            group = [rows[i] + new[i] for i in range(n) if len(rows[i]) + len(new[i]) == length]
-            code = max(code, _check(model, torch.tensor(group, device=device), check_equivalence, mem_len=mem_len))
-        return code
+        return _check_rows(model, [rows[i] + new[i] for i in range(n)], mem_len)
     return 0
+
+
+def _check_rows(model, sequences: list[list[int]], mem_len: int | str | None) -> int:
+    """The equivalence check of generated rows, in groups of one length (a stop string can end rows at different
+    tokens); the worst group's exit code."""
+    import torch
+
+    from .equivalence import check_equivalence
+
+    device = next(model.parameters()).device
+    code = 0
+    for length in sorted({len(seq) for seq in sequences}):
+        group = [seq for seq in sequences if len(seq) == length]
+        code = max(code, _check(model, torch.tensor(group, device=device), check_equivalence, mem_len=mem_len))
+    return code
 
 
 def _row_label(row: int, prompts: int, samples: int) -> str:
