@@ -155,6 +155,14 @@ def _accepts(tp: Any, kind: type) -> bool:
     return tp is kind or (union and kind in typing.get_args(tp))
 
 
+def _fixed_length(tp: Any) -> int | None:
+    """The length a fixed-length tuple type (tuple[float, float]) requires; None for any other type."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is tuple and args and args[-1] is not Ellipsis:
+        return len(args)
+    return None
+
+
 def _as_integer(value: Any) -> Any:
     """1e3 or "1e3" (YAML 1.1 reads it as a string) as the int 1000; anything else unchanged."""
     try:
@@ -187,6 +195,8 @@ def _assign(cfg: DictConfig, key: str, value: Any, raw: str | None = None) -> No
         raise bad()  # OmegaConf would turn 1 or "yes" into True
     if _accepts(tp, int):
         value = _as_integer(value)
+    if _fixed_length(tp) not in (None, len(value) if isinstance(value, list | tuple) else None):
+        raise bad()  # OmegaConf 2.3 does not check a tuple's length (2.4 does)
     try:
         OmegaConf.update(cfg, key, value, merge=False)
     except OmegaConfBaseException:
