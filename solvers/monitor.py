@@ -121,8 +121,10 @@ class Monitor:
         # g is zero, so is its step), so where it was the best iterate when it froze (or was reset to it),
         # it still is, and x can become best_x without a copy; x is a fresh tensor after a step, never z0.
         x_is_best = better | (~was_active & self.x_is_best)
-        all_accepted, all_best, all_active, self._any_active = torch.stack(
-            (accepted.all(), x_is_best.all(), self.active.all(), self.active.any())).tolist()
+        n_accepted, n_best, n_active = torch.stack((accepted, x_is_best, self.active)).sum(dim=1).tolist()
+        systems = accepted.shape[0]
+        all_accepted, all_best, all_active = n_accepted == systems, n_best == systems, n_active == systems
+        self._any_active = n_active > 0
         if stepped and all_accepted and all_best:
             self.best_x = x
         else:

@@ -55,7 +55,7 @@ class MethodEntry:
     """A registered method: its builder, its default `memory` and whether the loop's line search applies.
 
     line_search: the method accepts `SolverConfig.line_search`: when a full step raises a system's residual, the
-                 loop retries it at a shorter step (the method still records the full dx it proposed).
+                 loop retries it at a shorter step, and the method records the step taken.
     """
 
     name: str

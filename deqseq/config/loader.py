@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..checks import ConfigError
+from ..data import source_name
 from .sections import Config, field_types
 
 # Keys earlier versions had. Configs saved in checkpoints load without them; a file or override naming one is told.
@@ -51,7 +52,6 @@ def _dotted_keys(cls: type) -> tuple[str, ...]:
     return tuple(keys)
 
 
-
 def _unknown_key(key: str, cls: type, prefix: str) -> ConfigError:
     """The error for `key`, whose lookup failed below `prefix` (an instance of cls), with a suggestion."""
     relative = key[len(prefix) + 1:] if prefix else key
@@ -69,7 +69,6 @@ def _unknown_key(key: str, cls: type, prefix: str) -> ConfigError:
     return ConfigError(f"unknown key '{key}'; allowed {where}: {', '.join(field_types(cls))}")
 
 
-
 def _show(value: Any) -> str:
     """A value as a user would have written it in YAML, on one line."""
     try:
@@ -77,7 +76,6 @@ def _show(value: Any) -> str:
     except yaml.YAMLError:  # not YAML-able (an object handed to config_from_dict)
         return repr(value)
     return text[:-3].strip() if text.endswith("...") else text
-
 
 
 def _describe(tp: Any, plural: bool = False) -> str:
@@ -108,7 +106,6 @@ def _describe(tp: Any, plural: bool = False) -> str:
     return "values" if plural else "a value"
 
 
-
 def _yaml_problem(err: yaml.YAMLError) -> str:
     """A YAML error as one short phrase with its position."""
     mark = getattr(err, "problem_mark", None)
@@ -117,20 +114,16 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return f"{where}{problem}"
 
 
-
-def _accepts_str(tp: Any) -> bool:
-    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
-    return tp is str or (union and str in typing.get_args(tp))
-
-
-
 def _section_error(key: str, value: Any, cls: type, raw: str | None = None) -> ConfigError:
     shown = raw if raw is not None else _show(value)
     return ConfigError(f"{key}={shown}: expected a mapping of {cls.__name__} keys ({', '.join(field_types(cls))})")
 
 
 def _declared_type(key: str) -> Any:
-    """The declared type of the dotted key (a section's dataclass for a section); ConfigError when unknown."""
+    """The declared type of the dotted key (a section's dataclass for a section); ConfigError when unknown or
+    retired."""
+    if key in RETIRED_KEYS:
+        raise ConfigError(f"'{key}' is no longer a config key: {RETIRED_KEYS[key]}")
     cls, prefix = Config, ""
     parts = key.split(".")
     for i, name in enumerate(parts):
@@ -174,8 +167,6 @@ def _as_integer(value: Any) -> Any:
 
 def _assign(cfg: DictConfig, key: str, value: Any, raw: str | None = None) -> None:
     """Set the dotted key of cfg to value (a whole section when value is a mapping); raw is an override's text."""
-    if key in RETIRED_KEYS:
-        raise ConfigError(f"'{key}' is no longer a config key: {RETIRED_KEYS[key]}")
     tp = _declared_type(key)
     if _is_section(tp):
         if value is None and raw is None:  # an empty section heading in a file
@@ -189,7 +180,7 @@ def _assign(cfg: DictConfig, key: str, value: Any, raw: str | None = None) -> No
     def bad() -> ConfigError:
         return ConfigError(f"{key}={raw if raw is not None else _show(value)}: expected {_describe(tp)}")
 
-    if raw is not None and value is not None and not isinstance(value, str) and _accepts_str(tp):
+    if raw is not None and value is not None and not isinstance(value, str) and _accepts(tp, str):
         value = raw.strip()  # YAML read run.name=007 as a number: a string field takes the text as written
     if _accepts(tp, bool) and value is not None and not isinstance(value, bool):
         raise bad()  # OmegaConf would turn 1 or "yes" into True
@@ -206,11 +197,16 @@ def _assign(cfg: DictConfig, key: str, value: Any, raw: str | None = None) -> No
         raise bad()
 
 
+def _structured(cfg: Config) -> DictConfig:
+    """cfg as a writable OmegaConf structured config (frozen sections, SolverConfig, are read-only there)."""
+    node = OmegaConf.structured(cfg)
+    _writable(node)
+    return node
+
+
 def _defaults() -> DictConfig:
-    """The default Config as a writable OmegaConf structured config (frozen sections are read-only there)."""
-    cfg = OmegaConf.structured(Config)
-    _writable(cfg)
-    return cfg
+    """The default Config as a writable OmegaConf structured config."""
+    return _structured(Config())
 
 
 def _writable(node: DictConfig) -> None:
@@ -227,7 +223,6 @@ def _rekey(message: str, cls: type, path: str) -> str:
     if path and message.startswith(owner):
         return path + "." + message[len(owner):]
     return f"{path}: {message}" if path else message
-
 
 
 def _instantiate(node: DictConfig, cls: type, path: str = "") -> Any:
@@ -254,24 +249,23 @@ def _apply_mapping(cfg: DictConfig, mapping: Any) -> None:
         _assign(cfg, str(name), value)
 
 
-def _apply_override(cfg: DictConfig, text: str) -> None:
-    """Apply one dotted key=value override (the value read as YAML)."""
+def _apply_override(cfg: DictConfig, text: str) -> str:
+    """Apply one dotted key=value override (the value read as YAML); return its key."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not key=value (e.g. train.max_steps=200)")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r} has no key before '=' (e.g. train.max_steps=200)")
-    if key in RETIRED_KEYS:
-        raise ConfigError(f"'{key}' is no longer a config key: {RETIRED_KEYS[key]}")
     tp = _declared_type(key)
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as err:
-        if not _accepts_str(tp):
+        if not _accepts(tp, str):
             raise ConfigError(f"{key}={raw}: cannot parse the value ({_yaml_problem(err)})") from None
         value = raw.strip()
     _assign(cfg, key, value, raw)
+    return key
 
 
 def _read_yaml(path: str | Path) -> Any:
@@ -302,32 +296,21 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return _instantiate(cfg, Config)
 
 
-def _scheme(source: str) -> str:
-    return source.strip().partition(":")[0]
-
-
 def _apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> None:
     """Apply key=value overrides in order. Options belong to their source: when the overrides switch data.source
     to another source, the options of the earlier layers (defaults, file, saved run) are dropped, and only the
     data.options keys the overrides give themselves stay, whatever their order."""
-    scheme, earlier = _scheme(cfg.data.source), set(cfg.data.options)
+    scheme, earlier = source_name(cfg.data.source), set(cfg.data.options)
     given: set[str] = set()
     for text in overrides:
-        _apply_override(cfg, text)
-        key = text.partition("=")[0].strip()
+        key = _apply_override(cfg, text)
         if key.startswith("data.options."):
             given.add(key[len("data.options."):])
         elif key == "data.options":
             earlier = set()  # replaced as a whole
-    if _scheme(cfg.data.source) != scheme:
+    if source_name(cfg.data.source) != scheme:
         for name in earlier - given:
             del cfg.data.options[name]
-
-
-def _structured(cfg: Config) -> DictConfig:
-    cfg_node = OmegaConf.structured(cfg)
-    _writable(cfg_node)
-    return cfg_node
 
 
 def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:

@@ -16,6 +16,7 @@ from .sources import (
     is_image_source,
     load_corpus,
     register_source,
+    source_name,
     spec_with_options,
 )
 from .stdlib import assign_splits, read_stdlib, split_of, stdlib_files, stdlib_root
@@ -53,6 +54,7 @@ __all__ = [
     "is_image_source",
     "SequenceData",
     "load_corpus",
+    "source_name",
     "spec_with_options",
     "load_digits_images",
     "read_stdlib",

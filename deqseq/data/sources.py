@@ -394,9 +394,14 @@ register_source("fourier", _load_fourier,
 register_source("digits", _load_digits, usage="digits:seed=0,cond=class", kind=IMAGE_KIND)
 
 
+def source_name(spec: str) -> str:
+    """The source a data spec names: its scheme, the part before ':' ("markov" of "markov:vocab=8")."""
+    return spec.strip().partition(":")[0]
+
+
 def is_image_source(spec: str) -> bool:
     """Whether a data spec names a registered source of images (pixel levels, like digits)."""
-    scheme = spec.strip().partition(":")[0]
+    scheme = source_name(spec)
     return scheme in SOURCES and SOURCES[scheme].kind == IMAGE_KIND
 
 
