@@ -7,7 +7,9 @@ For total lengths L (prompt + generated, default 64, 256, 1024), greedy decoding
       cache, injection and rotary tables computed once per token (a lean cached decoder step). K is the DEQ's
       mean number of cell evaluations per token (solver iterations + 1: the solver evaluates f at its start
       point too), so (a) and (c) apply the cell equally often; the table also gives (c) at K = iterations.
-(a) and (b) must emit the same tokens; the benchmark reports mismatches. Writes JSON and prints a table.
+  (a') (a) with fused solver iterations (`stream(..., fused=True)`: each iteration's bookkeeping one compiled
+      graph, compiled before timing).
+(a), (a') and (b) must emit the same tokens; the benchmark reports mismatches. Writes JSON and prints a table.
 
     python bench/generation.py [--threads 2] [--lengths 64 256 1024] [--new 16] [--rounds 5]
                                [--checkpoint RUN/last.pt [--tol TOL]] [--device cpu|cuda]
@@ -35,15 +37,17 @@ from deqseq.cells import TransformerHistory  # noqa: E402
 from solvers import SolverConfig  # noqa: E402
 
 
-def cached_decode(model: DEQSequenceModel, prompt: torch.Tensor, new: int) -> tuple[list, list[float]]:
+def cached_decode(model: DEQSequenceModel, prompt: torch.Tensor, new: int,
+                  fused: bool = False) -> tuple[list, list[float]]:
     """deqseq.stream's greedy steps and the per-token seconds between consecutive steps (the first entry is
     the prompt's prefill plus the first token). Every position attends to the whole prefix (mem_len="all"), as
     in the naive and explicit decoders, so the three compute the same function (a trained model's default
-    window, its training length, would make the cached decoder attend to less than the other two)."""
+    window, its training length, would make the cached decoder attend to less than the other two). fused: the
+    per-token solves run with fused, compiled solver iterations (stream's fused=True)."""
     steps, seconds = [], []
     sync(prompt.device)
     start = time.perf_counter()
-    for step in stream(model, prompt, new, temperature=0, mem_len="all"):
+    for step in stream(model, prompt, new, temperature=0, mem_len="all", fused=fused):
         sync(prompt.device)
         now = time.perf_counter()
         steps.append(step)
@@ -142,47 +146,60 @@ def main() -> None:
             prompt = torch.randint(0, vocab, (1, length - args.new), generator=torch.Generator().manual_seed(length))
             prompt = prompt.to(device)
             list(stream(model, prompt[:, :8], 4, temperature=0, mem_len="all"))  # warm-up
+            list(stream(model, prompt[:, :8], 4, temperature=0, mem_len="all", fused=True))  # and compile
             steps, seconds = cached_decode(model, prompt, args.new)
             cached_ids = torch.stack([s.ids for s in steps], dim=1)
+            fused_steps, fused_seconds = cached_decode(model, prompt, args.new, fused=True)
+            fused_ids = torch.stack([s.ids for s in fused_steps], dim=1)
             iters = statistics.mean(s.iterations.float().mean().item() for s in steps[1:])
             naive_ids, naive = naive_decode(model, prompt, args.new)
             evals = max(1, round(iters + 1))
             # Rounds of cached and explicit decoding, interleaved: this VM's speed drifts by 2x over seconds, and
             # a ratio of runs far apart in time measures the drift. Per round: each decoder's median per token.
-            cached, explicit, explicit_k = [], [], []
+            cached, fused, explicit, explicit_k = [], [], [], []
             for r in range(args.rounds):
                 if r:
                     seconds = cached_decode(model, prompt, args.new)[1]
+                    fused_seconds = cached_decode(model, prompt, args.new, fused=True)[1]
                 cached.append(statistics.median(seconds[1:]))  # seconds[0] is the prompt's prefill
+                fused.append(statistics.median(fused_seconds[1:]))
                 explicit.append(statistics.median(explicit_decode(model, prompt, args.new, evals)[1:]))
                 explicit_k.append(statistics.median(explicit_decode(model, prompt, args.new, max(1, round(iters)))[1:]))
             ratios = [c / e for c, e in zip(cached, explicit, strict=True)]
+            fused_ratios = [c / e for c, e in zip(fused, explicit, strict=True)]
             row = {
                 "length": length,
                 "prompt": length - args.new,
                 "cached_tok_s": 1 / statistics.median(cached),
+                "fused_tok_s": 1 / statistics.median(fused),
                 "naive_tok_s": 1 / statistics.median(naive[1:]),
                 "explicit_tok_s": 1 / statistics.median(explicit),
                 "explicit_iters_tok_s": 1 / statistics.median(explicit_k),
                 "iters_per_token": iters,
                 "explicit_layers": evals,
                 "token_mismatches_vs_naive": int((cached_ids != naive_ids).sum()),
+                "fused_token_mismatches_vs_naive": int((fused_ids != naive_ids).sum()),
+                "fused_iters_per_token": statistics.mean(s.iterations.float().mean().item() for s in fused_steps[1:]),
                 "rounds": args.rounds,
                 "explicit_over_cached_per_round": ratios,
+                "explicit_over_fused_per_round": fused_ratios,
             }
             row["speedup_vs_naive"] = row["cached_tok_s"] / row["naive_tok_s"]
             row["explicit_over_cached"] = statistics.median(ratios)
+            row["explicit_over_fused"] = statistics.median(fused_ratios)
             row["explicit_iters_over_cached"] = statistics.median(
                 c / e for c, e in zip(cached, explicit_k, strict=True))
             rows.append(row)
     print(f"model: {described}, {device}, {args.threads} threads, greedy; per decoder the median over {args.new - 1}"
           f" tokens of each of {args.rounds} interleaved rounds; ratios are medians of the per-round ratios")
     print(f"{'L':>6}{'cached tok/s':>14}{'naive tok/s':>13}{'speedup':>9}{'explicit tok/s':>16}{'K':>3}"
-          f"{'slowdown':>10}{'K=iters':>9}{'iters/tok':>11}{'mismatch':>10}")
+          f"{'slowdown':>10}{'K=iters':>9}{'iters/tok':>11}{'mismatch':>10}{'fused tok/s':>13}{'slowdown':>10}"
+          f"{'mismatch':>10}")
     for r in rows:
         print(f"{r['length']:>6}{r['cached_tok_s']:>14.1f}{r['naive_tok_s']:>13.2f}{r['speedup_vs_naive']:>8.1f}x"
               f"{r['explicit_tok_s']:>16.1f}{r['explicit_layers']:>3}{r['explicit_over_cached']:>9.2f}x"
-              f"{r['explicit_iters_over_cached']:>8.2f}x{r['iters_per_token']:>11.2f}{r['token_mismatches_vs_naive']:>10}")
+              f"{r['explicit_iters_over_cached']:>8.2f}x{r['iters_per_token']:>11.2f}{r['token_mismatches_vs_naive']:>10}"
+              f"{r['fused_tok_s']:>13.1f}{r['explicit_over_fused']:>9.2f}x{r['fused_token_mismatches_vs_naive']:>10}")
     write_json(args.out, {"threads": args.threads, "device": str(device), "torch": torch.__version__,
                           "model": described, "rows": rows})
 

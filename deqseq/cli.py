@@ -185,6 +185,9 @@ def _generate_parser() -> _Parser:
                         help="transformer history kept per position: N, auto (the model's window, else its "
                              "training context) or all (the whole sequence must fit the training context)")
     parser.add_argument("--warm-start", action="store_true", help="start each solve from the previous z*")
+    parser.add_argument("--fused", action="store_true",
+                        help="solve each new token with fused, compiled solver iterations: the same tokens, less "
+                             "overhead per token, after a compile of a few seconds")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are produced")
     parser.add_argument("--stats", action="store_true", help="solver iterations and residual per token, tokens/s")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -288,7 +291,8 @@ def _generate_command(args, model, tokenizer, prompts: list[list[int]], mem_len:
     steps = []
     for step in stream(model, prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                        top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                       num_samples=args.num_samples, mem_len=mem_len, warm_start=args.warm_start):
+                       num_samples=args.num_samples, mem_len=mem_len, warm_start=args.warm_start,
+                       fused=args.fused):
         steps.append(step)
         if args.stats:
             print(f"token {step.index:4d}: iterations {int(step.iterations.max()):3d}  residual "

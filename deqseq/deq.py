@@ -106,12 +106,14 @@ class DEQLayer(nn.Module):
         attn_mask: Tensor | None = None,
         jacobian: bool = False,
         window: int | None = None,
+        solver: SolverConfig | None = None,
     ) -> DEQOutput:
         """Solve for the equilibrium of the T positions of x_emb (B, T, E) after the frozen `history`.
 
         z0 is the initial guess (a warm start; zeros when None).
         jacobian=True also returns the Jacobian penalty at z*, differentiable w.r.t. the parameters.
         window: the attention window of this solve for cells that have one (None = the cell's own).
+        solver: the forward solver of this call (None = settings.forward), e.g. generation's fused one.
         """
         s = self.settings
         params = _parametrized_tensors(self.cell)
@@ -131,7 +133,8 @@ class DEQLayer(nn.Module):
             # A single position (one system per sequence, as in generation) has nothing to wait for.
             single = s.batch_dims == 1 or x_emb.shape[1] == 1
             coupling = "independent" if single else ("causal" if attn_mask is None else "full")
-            z, stats = solvers.fixed_point(f, z0, s.forward, s.backward, s.grad, s.batch_dims, coupling)
+            forward = solver if solver is not None else s.forward
+            z, stats = solvers.fixed_point(f, z0, forward, s.backward, s.grad, s.batch_dims, coupling)
             penalty = self._jacobian_penalty(f, z) if jacobian else None
             with torch.no_grad():
                 new_history = self.cell.extend_history(ctx, z.detach()).detach()

@@ -16,11 +16,13 @@ import inspect
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from solvers import SolverConfig
 
 from .cells import History
 from .model import DEQSequenceModel, ModelOutput, cond_at, eval_mode, is_local_cond
@@ -259,11 +261,23 @@ def prefill(model: DEQSequenceModel, prompt: Tensor, cond: Tensor | None = None,
 
 
 def step(model: DEQSequenceModel, x: Tensor, history: History, cond: Tensor | None = None,
-         window: int | None = None, z0: Tensor | None = None) -> Solved:
+         window: int | None = None, z0: Tensor | None = None, solver: SolverConfig | None = None) -> Solved:
     """Solve one new position x ((N, 1) ids or (N, 1, I) values) against the frozen `history` of the positions
     before it: the head's output there and the history extended by it. z0 (N, 1, D): where the solve starts
-    (zeros when None; the previous position's `Solved.z` is a warm start). cond: this position's conditioning."""
-    return Solved.last_of(model(x, history=history, cond=cond, z0=z0, window=window))
+    (zeros when None; the previous position's `Solved.z` is a warm start). cond: this position's conditioning.
+    solver: the solve's config (None = the model's forward solver; `fused_solver(model)` is its fused twin)."""
+    return Solved.last_of(model(x, history=history, cond=cond, z0=z0, window=window, solver=solver))
+
+
+def fused_solver(model: DEQSequenceModel) -> SolverConfig:
+    """The model's forward solver with fused iterations (solvers.fused): the same method, tolerance and
+    iteration limit, each iteration one compiled graph. ValueError for a solver the fused path cannot run
+    (line search, a user-registered or peer method)."""
+    forward = model.deq.settings.forward
+    try:
+        return replace(forward, fused=True)
+    except ValueError as err:
+        raise ValueError(f"fused=True: {err}") from None
 
 
 def draw(model: DEQSequenceModel, params: Tensor, sampling: SamplingConfig, generator: torch.Generator,
@@ -326,6 +340,7 @@ def stream(
     cond: Tensor | None = None,
     mem_len: int | str | None = "auto",
     warm_start: bool = False,
+    fused: bool = False,
     **sampling_options: Any,
 ) -> Iterator[TokenStep]:
     """Continue each prompt by up to max_new_tokens drawn tokens, yielding each position's TokenStep as soon as
@@ -349,6 +364,9 @@ def stream(
                  `default_window`, its own window or else what it saw in training; an integer N the last N;
                  "all" or None no limit beyond the model's own window.
     warm_start:  start each position's solve from the previous position's equilibrium instead of zeros.
+    fused:       solve every position after the prompt with fused, compiled solver iterations (`fused_solver`):
+                 the same solver and results to rounding, several times less overhead per token, after a
+                 compile of a few seconds on first use (per batch size and width).
 
     Prompts of different lengths are aligned at their first token: the shortest prompt is solved for all rows
     at once, then every step solves one position of every row, feeding a longer row its next prompt token
@@ -364,6 +382,7 @@ def stream(
     cond = model.condition_vectors(cond.to(device)) if cond is not None else None  # once, not at every token
     generator, stop_ids = sampling.generator(device), _stop_ids(stop, device)
     fan_out = torch.arange(len(prompt_ids), device=device).repeat_interleave(num_samples)
+    solver = fused_solver(model) if fused else None
     with eval_mode(model), torch.no_grad():
         start = time.perf_counter()
         state = prefill(model, prompt_ids[:, :shortest], cond_at(cond, 0, shortest), window).select(fan_out)
@@ -386,7 +405,7 @@ def stream(
                 return
             start = time.perf_counter()
             state = step(model, x, state.history, cond_at(cond, position, position + 1), window,
-                         z0=state.z if warm_start else None)
+                         z0=state.z if warm_start else None, solver=solver)
 
 
 def generate(model: DEQSequenceModel, prompt: Prompt, max_new_tokens: int, sampling: SamplingConfig | None = None,

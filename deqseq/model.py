@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import solvers
+from solvers import SolverConfig
 
 from .cells import History, build_cell
 from .deq import DEQLayer, SolverSettings
@@ -187,12 +188,14 @@ class DEQSequenceModel(nn.Module):
         attn_mask: Tensor | None = None,
         jacobian: bool = False,
         window: int | None = None,
+        solver: SolverConfig | None = None,
     ) -> ModelOutput:
         """Head parameters of the T positions of x ((B, T) ids or (B, T, in_dim) values) after the frozen
         `history` (None = a sequence start). window: earlier positions each query attends to in this solve, for
-        cells with a window (None = the cell's own; generation and scoring pass `default_window`)."""
+        cells with a window (None = the cell's own; generation and scoring pass `default_window`). solver: this
+        call's forward solver (None = settings.forward)."""
         out = self.deq(self.embed(x, cond), history=history, z0=z0, attn_mask=attn_mask, jacobian=jacobian,
-                       window=window)
+                       window=window, solver=solver)
         self.last_stats, self.last_history = out.stats, out.history
         params = self.head(self.deq.cell.readout(out.z))
         return ModelOutput(params=params, history=out.history, stats=out.stats, z=out.z, jac_penalty=out.jac_penalty)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .fused import FUSED_METHODS
 from .registry import PEER_PREFIX, lookup
 
 STOP_MODES = ("rel", "abs")
@@ -35,6 +36,10 @@ class SolverConfig:
                  system's residual, retry that system at the minimiser of a quadratic model of ||g||^2 (one
                  extra evaluation, one extra sync).
     trace:       keep the per-iteration residual of every system in the stats.
+    fused:       run each iteration's bookkeeping and update as one compiled graph (solvers/fused.py): the same
+                 algorithm and iteration counts, results equal to rounding, for the built-in methods without
+                 line search. Pays for small systems (generation's one position per sequence); compiles once
+                 per shape (seconds).
     eps:         denominator guard of the relative residual.
     peer_kwargs: extra keyword arguments passed to the torchdeq solver (e.g. {"m": 6, "lam": 1e-4}).
     """
@@ -49,6 +54,7 @@ class SolverConfig:
     memory_policy: str = "restart"
     line_search: bool = False
     trace: bool = False
+    fused: bool = False
     eps: float = 1e-9
     peer_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -69,6 +75,9 @@ class SolverConfig:
                              f"allowed: {', '.join(MEMORY_POLICIES)}")
         if self.ridge is not None and not self.ridge >= 0:
             raise ValueError(f"SolverConfig.ridge={self.ridge!r} must be >= 0 (or None)")
+        if self.fused and (self.method not in FUSED_METHODS or self.line_search):
+            raise ValueError(f"SolverConfig.fused=True runs the built-in methods {', '.join(FUSED_METHODS)} without "
+                             f"line search, not method={self.method!r} with line_search={self.line_search}")
         if not self.eps > 0:
             raise ValueError(f"SolverConfig.eps={self.eps!r} must be > 0")
 

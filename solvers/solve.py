@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .config import COUPLINGS, SolverConfig
+from .fused import fused_solve
 from .monitor import Monitor
 from .peer import solve_with_peer
 from .registry import build_method
@@ -84,6 +85,9 @@ def solve(f: Fn, z0: Tensor, cfg: SolverConfig, batch_dims: int = 1,
         return f(x.view(z0.shape).to(z0.dtype)).reshape(systems, size).to(work)
 
     x = z0.detach().reshape(systems, size).to(work)
+    if cfg.fused:
+        x, stats = fused_solve(f_flat, x, cfg, system_shape, coupling)
+        return x.view(z0.shape).to(z0.dtype), stats
     mon = Monitor(x, cfg, system_shape, coupling)
     x, g = mon.observe(x, f_flat(x), stepped=False)
     method, entry = build_method(cfg, x)

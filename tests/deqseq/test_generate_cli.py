@@ -306,6 +306,17 @@ def test_longer_greedy_text_and_warm_start_equal_the_library(char_run, char_mode
         assert out == tokenizer.decode(ids[0]) + "\n"
 
 
+def test_fused_greedy_text_equals_the_unfused_and_the_library(char_run, char_model, capsys, monkeypatch):
+    monkeypatch.setattr(sys.modules["solvers.fused"], "COMPILE", False)  # a compiled stream is tested elsewhere
+    model, tokenizer, _ = char_model
+    prompt = "def f3(x):\n"
+    args = ("--checkpoint", char_run, "--prompt", prompt, "--max-new-tokens", 12, "--temperature", 0)
+    out = ok(capsys, *args, "--fused")
+    assert out == ok(capsys, *args)
+    ids = generate(model, tokenizer.encode(prompt), 12, temperature=0, mem_len=SEQ_LEN - 1, fused=True)
+    assert out == tokenizer.decode(ids[0]) + "\n"
+
+
 def test_seeded_samples_equal_the_library(char_run, char_model, capsys):
     model, tokenizer, _ = char_model
     out = ok(capsys, "--checkpoint", char_run, "--prompt", PROMPT, "--max-new-tokens", 7, "--seed", 123,

@@ -5,6 +5,7 @@ generation is built of (prefill, step, draw) each on its own, and generate as th
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 
 import pytest
@@ -452,3 +453,34 @@ def test_unknown_options_raise_one_line_errors_naming_them_and_the_allowed_ones(
         generate(model, [1, 2], 3, 0.8)  # the old positional temperature
     with pytest.raises(ValueError, match="temperature"):
         generate(model, [1, 2], 3, temperature=-1.0)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_fused_decoding_equals_naive_re_solving(cell, monkeypatch):
+    # fused=True solves every position after the prompt with fused solver iterations (uncompiled here, to test
+    # the functions on both cells quickly; a compiled stream is tested below): the tokens of naive re-solving,
+    # the eager steps' iteration counts, log-probabilities to rounding.
+    monkeypatch.setattr(importlib.import_module("solvers.fused"), "COMPILE", False)
+    model = make_model(cell)
+    prompt = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(1))
+    eager = generate(model, prompt, 12, temperature=0, details=True)
+    out = generate(model, prompt, 12, temperature=0, details=True, fused=True)
+    assert torch.equal(out.ids, naive_greedy(model, prompt, 12)[0])
+    assert [s.iterations.tolist() for s in out.steps] == [s.iterations.tolist() for s in eager.steps]
+    assert (out.logprobs - eager.logprobs).abs().max().item() < 1e-9
+
+
+def test_a_compiled_fused_stream_samples_what_the_eager_one_samples():
+    model = make_model("transformer", dtype=torch.float32, tol=1e-5)
+    prompt = torch.randint(0, VOCAB, (1, 5), generator=torch.Generator().manual_seed(2))
+    eager = list(stream(model, prompt, 8, temperature=0.8, seed=3))
+    out = list(stream(model, prompt, 8, temperature=0.8, seed=3, fused=True))
+    assert [s.ids.tolist() for s in out] == [s.ids.tolist() for s in eager]
+    assert all(bool(s.converged.all()) for s in out)
+
+
+def test_fused_decoding_refuses_a_solver_it_cannot_run():
+    model = make_model("transformer")
+    model.settings = dataclasses.replace(model.settings, forward=SolverConfig(method="broyden", line_search=True))
+    with pytest.raises(ValueError, match="^fused=True: SolverConfig.fused=True runs the built-in methods"):
+        list(stream(model, [1, 2], 2, fused=True))
