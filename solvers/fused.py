@@ -139,13 +139,13 @@ def _anderson_direction(spec: Spec, g: Tensor, state: dict[str, Tensor]) -> Tens
     """Anderson.direction, branch-free: with an empty history (count 0) gamma is 0 and the step is beta g."""
     step = g if spec.damping == 1.0 else spec.damping * g
     dG, gram = state["dG"], state["gram"]
-    rhs = torch.bmm(g.unsqueeze(1), dG.mT).mT.double()
+    rhs = (dG * g[:, None]).sum(dim=2, keepdim=True).double()  # (S, m, 1); products as sums fuse into the graph
     filled = state["count"].clamp(1, spec.memory).double()
     lam = gram.diagonal(dim1=1, dim2=2).sum(dim=1) * (spec.ridge / filled) + torch.finfo(torch.float64).tiny
     eye = torch.eye(spec.memory, dtype=torch.float64, device=g.device)
     gamma = _solve_small(torch.addcmul(gram, lam[:, None, None], eye), rhs)
     gamma = torch.nan_to_num(gamma, nan=0.0, posinf=0.0, neginf=0.0).to(g.dtype).mT
-    return torch.baddbmm(step.unsqueeze(1), gamma, state["dM"], alpha=-1.0).squeeze(1)
+    return step - (gamma.mT * state["dM"]).sum(dim=1)
 
 
 def _anderson_record(spec: Spec, dx: Tensor, dg: Tensor, g_new: Tensor, state: dict[str, Tensor]
@@ -155,7 +155,7 @@ def _anderson_record(spec: Spec, dx: Tensor, dg: Tensor, g_new: Tensor, state: d
     slot = torch.arange(spec.memory, device=dx.device) == count % spec.memory  # (m,)
     dM = torch.where(slot[None, :, None], (dx + spec.damping * dg)[:, None], state["dM"])
     dG = torch.where(slot[None, :, None], dg[:, None], state["dG"])
-    row = torch.bmm(dg.unsqueeze(1), dG.mT).squeeze(1).double()  # (S, m)
+    row = (dG * dg[:, None]).sum(dim=2).double()  # (S, m)
     gram = torch.where(slot[None, :, None], row[:, None, :], state["gram"])
     gram = torch.where(slot[None, None, :], row[:, :, None], gram)
     return {"dM": dM, "dG": dG, "gram": gram, "count": count + 1}
@@ -163,8 +163,8 @@ def _anderson_record(spec: Spec, dx: Tensor, dg: Tensor, g_new: Tensor, state: d
 
 def _broyden_apply(y: Tensor, left: Tensor, right: Tensor) -> Tensor:
     """-y + sum_i left_i (right_i . y) over every slot (unfilled slots are zero)."""
-    coeff = torch.bmm(y.unsqueeze(1), right.mT)
-    return torch.baddbmm(y.unsqueeze(1), coeff, left, beta=-1).squeeze(1)
+    coeff = (right * y[:, None]).sum(dim=2, keepdim=True)  # (S, m, 1)
+    return (coeff * left).sum(dim=1) - y
 
 
 def _broyden_record(spec: Spec, dx: Tensor, dg: Tensor, g_new: Tensor, state: dict[str, Tensor]
