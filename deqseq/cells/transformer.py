@@ -145,6 +145,9 @@ class TransformerContext(Context):
     kv_buffer: tuple[Tensor, Tensor] | None = None
     # When kv_buffer is rows start .. start+L+T-1 of a store (prepared without autograd): the store and start.
     kv_store: tuple[KVStore, int] | None = None
+    # The state (and its version counter) whose keys and values the buffer's last T rows hold: the input of the
+    # last forward that wrote them. When the equilibrium is that state, extend_history has nothing to compute.
+    kv_of: tuple[Tensor, int] | None = None
 
 
 class TransformerSpec(Protocol):
@@ -322,15 +325,20 @@ class TransformerCell(Cell):
         B, T, _ = t.shape
         return t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
 
-    def _attention(self, a: Tensor, ctx: TransformerContext) -> Tensor:
-        """Attention of the (normalised) state a over the history and the current positions."""
+    def _qkv(self, a: Tensor, ctx: TransformerContext) -> tuple[Tensor, Tensor, Tensor]:
+        """Rotated queries and keys and the values (B, n_heads, T, head_dim) of the (normalised) state a."""
         B, T, D = a.shape
         H = self.n_heads
         # ctx.u holds the injection plus the qkv bias: u + a W^T is one addmm.
         qkv = torch.addmm(ctx.u.reshape(B * T, 3 * D), a.reshape(B * T, D), self.qkv.weight.t()).view(B, T, 3 * D)
         qk = apply_rope(qkv[..., : 2 * D].reshape(B, T, 2 * H, self.head_dim).transpose(1, 2), ctx.cos, ctx.sin)
-        q, k = qk[:, :H], qk[:, H:]  # queries and keys rotated together
-        k, v = self._with_history(ctx, k, self._heads(qkv[..., 2 * D :]))
+        return qk[:, :H], qk[:, H:], self._heads(qkv[..., 2 * D :])  # queries and keys rotated together
+
+    def _attention(self, a: Tensor, ctx: TransformerContext) -> Tensor:
+        """Attention of the (normalised) state a over the history and the current positions."""
+        B, T, D = a.shape
+        q, k, v = self._qkv(a, ctx)
+        k, v = self._with_history(ctx, k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.causal)
         y = self.proj(y.transpose(1, 2).reshape(B, T, D))
         return y if ctx.attn_drop is None else y * ctx.attn_drop
@@ -357,6 +365,8 @@ class TransformerCell(Cell):
 
     def forward(self, z: Tensor, ctx: TransformerContext) -> Tensor:
         """One application of the block to z (B, T, d_model)."""
+        if ctx.kv_buffer is not None and ctx.history.k.shape[2] and not torch.is_grad_enabled():
+            ctx.kv_of = (z, z._version)  # _attention writes z's keys and values into the buffer's last rows
         skip = z if self.skip else 0.0
         if self.norm == "pre":
             h = skip + self._attention(self.ln1(z), ctx)
@@ -364,17 +374,26 @@ class TransformerCell(Cell):
         h = self.ln1(skip + self._attention(z, ctx))
         return self.ln2(h + self._ffn(h, ctx))
 
+    @staticmethod
+    def _buffer_holds(ctx: TransformerContext, z_star: Tensor) -> bool:
+        """Whether the buffer's last rows hold z_star's keys and values: the last forward without autograd
+        was at a state equal to z_star that has not been written to since."""
+        if ctx.kv_of is None or ctx.kv_buffer is None or torch.is_grad_enabled():
+            return False
+        z, version = ctx.kv_of
+        return z._version == version and z.shape == z_star.shape and z.dtype == z_star.dtype and torch.equal(z, z_star)
+
     def extend_history(self, ctx: TransformerContext, z_star: Tensor) -> TransformerHistory:
         """Append the rotated keys and values of the frozen positions z_star, keeping the last `window`."""
         B, T, D = z_star.shape
         self._check_frozen(ctx, z_star)
-        a = self.ln1(z_star) if self.norm == "pre" else z_star
-        # Only the k and v rows of the qkv projection are needed here.
-        kv = F.linear(a, self.qkv.weight[D:]) + ctx.u[..., D:]  # ctx.u includes the qkv bias
-        k, v = kv.split(D, dim=-1)
-        k, v = self._with_history(ctx, apply_rope(self._heads(k), ctx.cos, ctx.sin), self._heads(v).contiguous())
+        if self._buffer_holds(ctx, z_star):
+            k, v = ctx.kv_buffer  # the last forward wrote z_star's keys and values (the same products as here)
+        else:
+            _, k, v = self._qkv(self.ln1(z_star) if self.norm == "pre" else z_star, ctx)
+            k, v = self._with_history(ctx, k, v.contiguous())
         in_store = ctx.kv_store is not None and ctx.kv_buffer is not None and not torch.is_grad_enabled()
-        ctx.kv_buffer = None  # the buffer now belongs to the returned history: later solves must not write it
+        ctx.kv_buffer = ctx.kv_of = None  # the buffer now belongs to the returned history: no later writes
         self.kv_projections += T
         drop = 0 if ctx.window is None else max(0, k.shape[2] - ctx.window)
         k, v = k[:, :, drop:], v[:, :, drop:]

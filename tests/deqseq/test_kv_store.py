@@ -110,3 +110,37 @@ def test_a_history_whose_tensors_were_replaced_is_copied_not_read_from_the_store
         ref = model(ids[:, 13:14], history=copied(h))
     assert out.history.store is not h.store
     assert torch.equal(out.logits, ref.logits)
+
+
+@torch.no_grad()
+def test_extend_history_takes_the_last_forwards_keys_only_where_they_are_the_equilibriums(monkeypatch):
+    # The last forward of a solve wrote its input's keys and values into the store; when the equilibrium is that
+    # input, extend_history keeps them instead of projecting again. The result is bit-for-bit what projecting
+    # gives, and a state that differs, or was written to since, is projected.
+    cell = make_model().deq.cell
+    x = torch.randn(2, 5, cell.inject.in_features, dtype=torch.float64)
+    frozen = cell.extend_history(cell.prepare(x[:, :4]), torch.randn(2, 4, 16, dtype=torch.float64))
+    z = torch.randn(2, 1, 16, dtype=torch.float64)
+    projections = []
+    qkv = cell._qkv
+    monkeypatch.setattr(cell, "_qkv", lambda a, ctx: projections.append(a) or qkv(a, ctx))
+
+    def extended(forward_at: torch.Tensor | None, z_star: torch.Tensor, bump: bool = False) -> TransformerHistory:
+        ctx = cell.prepare(x[:, 4:], copied(frozen))
+        if forward_at is not None:
+            cell(forward_at, ctx)
+            if bump:
+                forward_at.mul_(1.0)  # the same values, but written to since the forward
+        projections.clear()
+        history = cell.extend_history(ctx, z_star)
+        return history, len(projections)
+
+    fresh, n_fresh = extended(None, z)
+    reused, n_reused = extended(z.clone(), z.clone())
+    assert (n_fresh, n_reused) == (1, 0)
+    assert torch.equal(reused.k, fresh.k) and torch.equal(reused.v, fresh.v)
+    other, n_other = extended(z + 1e-9, z)
+    written, n_written = extended(z.clone(), z, bump=True)
+    assert (n_other, n_written) == (1, 1)
+    for history in (other, written):
+        assert torch.equal(history.k, fresh.k) and torch.equal(history.v, fresh.v)
