@@ -1,7 +1,8 @@
 """Solver benchmark: deqseq's solvers vs torchdeq 0.1.0 on the same f, tol and thread count.
 
 For each problem and method: evaluations and wall time to reach rel 1e-4 and 1e-6 (a fresh solve per
-tolerance, median of --repeats), the final residual, and the share of wall time spent outside f.
+tolerance, median of --repeats), the final residual, and the share of wall time spent outside f. On the
+attention problem also our methods with fused iterations (SolverConfig(fused=True), "<method>+fused").
 
     python bench/solvers.py [--threads 2] [--repeats 5] [--device cpu|cuda] [--out bench/results/solvers.json]
 
@@ -48,10 +49,15 @@ class TimedF:
 
 
 def run_ours(f, z0, method, tol):
+    """Our solve; "<method>+fused" runs it with fused iterations (compiled on the first call, untimed)."""
+    name, _, fused = method.partition("+")
+    cfg = SolverConfig(method=name, max_iter=MAX_ITER, tol=tol, fused=bool(fused))
+    if fused:
+        solve(f, z0, cfg)  # compiles once per shape and config (cached afterwards)
     timed = TimedF(f)
     sync(z0.device)
     start = time.perf_counter()
-    z, stats = solve(timed, z0, SolverConfig(method=method, max_iter=MAX_ITER, tol=tol))
+    z, stats = solve(timed, z0, cfg)
     sync(z.device)
     wall = time.perf_counter() - start
     return z, timed, wall, bool(stats.converged.all())
@@ -132,6 +138,8 @@ def main() -> None:
             z_ref, _ = solve(f, z0, SolverConfig(method="anderson", max_iter=500, tol=1e-6))
             radius = float(spectral_radius(f, z_ref, iters=40).max())
         rows = [measure(f, z0, m, run_ours, m, args.repeats) for m in OURS]
+        if name.startswith("attention"):  # fused iterations at a training size (they are meant for small ones)
+            rows += [measure(f, z0, m + "+fused", run_ours, m + "+fused", args.repeats) for m in OURS]
         if peer:
             rows += [measure(f, z0, "torchdeq:" + m, run_peer, m, args.repeats) for m in PEER]
         results["problems"].append({"problem": name, "jacobian_spectral_radius": radius, "rows": rows})
@@ -154,6 +162,8 @@ def main() -> None:
         "broyden_outside_f_1e-4": by["broyden"]["1e-04"]["outside_f"],
         "anderson_outside_f_1e-4": by["anderson"]["1e-04"]["outside_f"],
         "anderson_nfe_1e-4": by["anderson"]["1e-04"]["nfe"],
+        "fused_over_eager_wall_1e-4": {m: by[m + "+fused"]["1e-04"]["wall_ms"] / by[m]["1e-04"]["wall_ms"]
+                                       for m in OURS},
     }
     if peer:
         targets.update({
@@ -165,6 +175,8 @@ def main() -> None:
     print("\nTargets on the attention cell (1e-4):")
     print(f"  time outside f: Broyden {targets['broyden_outside_f_1e-4']:.0%}, Anderson "
           f"{targets['anderson_outside_f_1e-4']:.0%}  (target <= 20%)")
+    print("  fused / eager wall time: " + ", ".join(f"{m} {r:.2f}" for m, r in
+                                                     targets["fused_over_eager_wall_1e-4"].items()))
     if peer:
         ratio = targets["best_ours_over_best_peer_wall_1e-4"]
         print(f"  best ours / best torchdeq wall time: {ratio:.2f}  (target < 1; torchdeq Broyden outside f: "
