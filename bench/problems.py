@@ -59,6 +59,20 @@ class CausalAttentionCell(nn.Module):
         return self.norm_out(z + self.gain * self.out(att.transpose(1, 2).reshape(b, t, d)) + u)
 
 
+def nan_beyond(limit: float) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+    """(f, z0) of two float64 systems: system 0 a contraction; system 1 f = z + 1 (no fixed point), which turns
+    NaN once |f| > limit (a failure the solvers must flag while keeping a finite iterate)."""
+    f0, z0, _ = tanh_map(systems=2, size=6, radius=0.5)
+
+    def f(z: Tensor) -> Tensor:
+        out = f0(z).clone()
+        out[1] = z[1] + 1
+        return torch.where((out.abs() > limit).any(dim=1, keepdim=True) & (torch.arange(2)[:, None] == 1),
+                           torch.full_like(out, math.nan), out)
+
+    return f, z0
+
+
 def attention_problem(batch: int, length: int, d_model: int, n_heads: int = 4, gain: float = 1.0,
                       dtype: torch.dtype = torch.float32,
                       seed: int = 0) -> tuple[Callable[[Tensor], Tensor], Tensor, CausalAttentionCell, Tensor]:

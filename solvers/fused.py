@@ -25,10 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch._inductor
 import torch.utils._pytree as pytree
 from torch import Tensor
-from torch.fx.experimental.proxy_tensor import make_fx
 
 from .stats import SolverStats
 
@@ -270,6 +268,9 @@ class Graphs:
         if not COMPILE:
             return
         try:
+            import torch._inductor  # here, not at import time: Inductor takes a second or more to import
+            from torch.fx.experimental.proxy_tensor import make_fx
+
             leaves = pytree.tree_leaves(example)
             leaves = [t.clone() for t in leaves]  # distinct tensors, for the same reason
             self.start = torch._inductor.compile(make_fx(start)(x0, fx0), [x0, fx0])

@@ -2,14 +2,14 @@
 convergence and failure flags, and the same iterates to rounding, compiled or not."""
 
 import importlib
-import math
 import warnings
 from dataclasses import replace
 
 import pytest
 import torch
+import torch._inductor  # noqa: F401  (monkeypatched below)
 
-from bench.problems import attention_problem, tanh_map
+from bench.problems import attention_problem, nan_beyond, tanh_map
 from solvers import SolverConfig, solve
 
 fused = importlib.import_module("solvers.fused")
@@ -22,19 +22,6 @@ CONFIGS = {
     "broyden-ring-m4": SolverConfig(method="broyden", max_iter=60, tol=1e-9, memory=4, memory_policy="ring"),
     "picard": SolverConfig(method="picard", max_iter=60, tol=1e-9, damping=0.7),
 }
-
-
-def _nan_beyond(limit: float):
-    """System 0 a contraction; system 1 f = z + 1, NaN once |f| > limit."""
-    f0, z0, _ = tanh_map(systems=2, size=6, radius=0.5)
-
-    def f(z):
-        out = f0(z).clone()
-        out[1] = z[1] + 1
-        return torch.where((out.abs() > limit).any(dim=1, keepdim=True) & (torch.arange(2)[:, None] == 1),
-                           torch.full_like(out, math.nan), out)
-
-    return f, z0
 
 
 def _problems():
@@ -52,7 +39,7 @@ def _problems():
     c32 = torch.full((2, 8), 29.0)
     yield "float32 overflow (diverged)", (lambda z: z + c32), torch.zeros(2, 8), 1, "independent", \
         {"tol": 1e-4, "stop": "abs", "max_iter": 3000}
-    f, z0 = _nan_beyond(10.0)
+    f, z0 = nan_beyond(10.0)
     yield "nan beyond 10 (nonfinite)", f, z0, 1, "independent", {"tol": 1e-8, "max_iter": 40}
     yield "starts converged", (lambda z: z.clone()), torch.ones(3, 5, dtype=torch.float64), 1, "independent", {}
 

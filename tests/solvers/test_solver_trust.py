@@ -1,12 +1,11 @@
 """Solves that must not claim what they did not reach: runaway iterates, failed systems of the peer's solvers,
 and every torchdeq method behind the native interface."""
 
-import math
 
 import pytest
 import torch
 
-from bench.problems import tanh_map
+from bench.problems import nan_beyond, tanh_map
 from solvers import SolverConfig, fixed_point, solve
 
 METHODS = ["broyden", "anderson", "picard"]
@@ -56,19 +55,6 @@ def test_every_peer_method_solves_a_contraction(name):
     if name != "simple_fixed_point_iter":  # that one runs max_iter steps and has no tolerance
         assert bool(stats.converged.all())
     torch.testing.assert_close(z, reference, rtol=0, atol=1e-7)
-
-
-def nan_beyond(limit: float):
-    """System 0: a contraction; system 1: f = z + 1 (no fixed point), which turns NaN past |f| > limit."""
-    f0, z0, _ = tanh_map(systems=2, size=6, radius=0.5)
-
-    def f(z):
-        out = f0(z).clone()
-        out[1] = z[1] + 1
-        return torch.where((out.abs() > limit).any(dim=1, keepdim=True) & (torch.arange(2)[:, None] == 1),
-                           torch.full_like(out, math.nan), out)
-
-    return f, z0
 
 
 @pytest.mark.parametrize("name", ["anderson", "broyden", "fixed_point_iter"])
