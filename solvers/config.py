@@ -15,6 +15,12 @@ COUPLINGS = ("independent", "causal", "anticausal", "full")
 REVERSED_COUPLING = {"independent": "independent", "causal": "anticausal", "anticausal": "causal", "full": "full"}
 
 
+def _built_in(method: str) -> bool:
+    """Whether `method` is still the solvers package's own (not replaced by a user's register_method)."""
+    entry = lookup(method)
+    return entry is not None and entry.build.__module__ == f"{__package__}.{method}"
+
+
 @dataclass(frozen=True)
 class SolverConfig:
     """How to solve z = f(z).
@@ -75,9 +81,10 @@ class SolverConfig:
                              f"allowed: {', '.join(MEMORY_POLICIES)}")
         if self.ridge is not None and not self.ridge >= 0:
             raise ValueError(f"SolverConfig.ridge={self.ridge!r} must be >= 0 (or None)")
-        if self.fused and (self.method not in FUSED_METHODS or self.line_search):
+        if self.fused and (self.method not in FUSED_METHODS or self.line_search or not _built_in(self.method)):
             raise ValueError(f"SolverConfig.fused=True runs the built-in methods {', '.join(FUSED_METHODS)} without "
-                             f"line search, not method={self.method!r} with line_search={self.line_search}")
+                             f"line search, not method={self.method!r} with line_search={self.line_search}"
+                             + ("" if _built_in(self.method) else " (replaced with register_method)"))
         if not self.eps > 0:
             raise ValueError(f"SolverConfig.eps={self.eps!r} must be > 0")
 

@@ -123,3 +123,16 @@ def test_fused_refuses_what_it_cannot_run(changes, needle):
     with pytest.raises(ValueError, match="fused=True runs the built-in methods anderson, broyden, picard") as err:
         SolverConfig(fused=True, **changes)
     assert needle in str(err.value)
+
+
+def test_fused_refuses_a_built_in_name_a_user_replaced():
+    from solvers import METHODS, register_method
+
+    original = METHODS["picard"]
+    register_method("picard", lambda cfg, x: original.build(cfg, x), default_memory=1, replace=True)  # a user's
+    try:
+        with pytest.raises(ValueError, match=r"method='picard' .*\(replaced with register_method\)"):
+            SolverConfig(method="picard", fused=True)
+    finally:
+        register_method("picard", original.build, default_memory=original.default_memory, replace=True)
+    assert SolverConfig(method="picard", fused=True).fused
