@@ -422,7 +422,7 @@ def _image_command(args, model, config) -> int:
     for flag, given in {"--score": args.score is not None, "--prompt": args.prompt is not None,
                         "--prompts": args.prompts is not None, "--stop": args.stop is not None,
                         "--series": args.series is not None, "--check-equivalence": args.check_equivalence,
-                        "--stream": args.stream}.items():
+                        "--stream": args.stream, "--fused": args.fused}.items():
         if given:
             raise UsageError(f"{flag} does not apply to an image model; it writes a grid of samples (--plot PNG)")
     try:
@@ -551,7 +551,7 @@ def _series_command(args, model, config) -> int:
             raise UsageError("--plot needs matplotlib: pip install matplotlib") from None
     mem_len = _window(args.mem_len, model, len(prefix) + steps - (0 if args.check_equivalence else 1))
     result = continue_series(model, prefix, steps, num_samples=args.num_samples or 16, temperature=args.temperature,
-                             seed=args.seed, cond=cond, truth=truth, mem_len=mem_len)
+                             seed=args.seed, cond=cond, truth=truth, mem_len=mem_len, fused=args.fused)
     n = result.samples.shape[0]
     print(f"observed {len(prefix)} steps; {steps} steps continued, {n} sample{'s' * (n > 1)} "
           f"(one-step predictive after the prefix: mean {result.first_mean[0].item():.4f}, "

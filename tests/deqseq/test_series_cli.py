@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,14 @@ def test_series_continuation_matches_the_library(series_run, capsys):
     assert torch.allclose(got[:, 2], expected.std[:, 0], atol=1e-4)
     assert torch.allclose(got[:, 5], series[6:], atol=1e-4)  # the true continuation
     assert torch.allclose(got[:, 6], expected.samples[0, :, 0], atol=1e-4)
+
+
+def test_fused_series_continuation_prints_the_same_table(series_run, capsys, monkeypatch):
+    monkeypatch.setattr(sys.modules["solvers.fused"], "COMPILE", False)  # compiled fused solves: tested elsewhere
+    args = ("--checkpoint", series_run, "--series", "valid:2", "--prefix", 6, "--seed", 3, "--num-samples", 5)
+    plain, fused = run(capsys, *args), run(capsys, *args, "--fused")
+    assert plain[0] == fused[0] == 0, fused[2]
+    assert table_rows(fused[1]) == table_rows(plain[1])
 
 
 def test_prompt_values_with_conditioning_and_equivalence_check(series_run, capsys):
