@@ -134,7 +134,8 @@ class DEQLayer(nn.Module):
             single = s.batch_dims == 1 or x_emb.shape[1] == 1
             coupling = "independent" if single else ("causal" if attn_mask is None else "full")
             forward = solver if solver is not None else s.forward
-            z, stats = solvers.fixed_point(f, z0, forward, s.backward, s.grad, s.batch_dims, coupling)
+            pure = self.cell.pure_f(ctx) if forward.fused else None  # f compiled with the fused iterations
+            z, stats = solvers.fixed_point(f, z0, forward, s.backward, s.grad, s.batch_dims, coupling, pure)
             penalty = self._jacobian_penalty(f, z) if jacobian else None
             with torch.no_grad():
                 new_history = self.cell.extend_history(ctx, z.detach()).detach()

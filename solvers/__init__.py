@@ -12,11 +12,12 @@ direction(g) and record(dx, dg, g_new) (the `Method` protocol, see solvers/regis
 
 from . import anderson, broyden, picard  # noqa: F401  (importing them registers the built-in methods)
 from .config import SolverConfig
+from .fused import PureF
 from .grad import GradMode, fixed_point
 from .jacobian import jacobian_penalty, spectral_radius
 from .registry import METHODS, Method, MethodEntry, register_method, unregister_method
 from .solve import solve
 from .stats import SolverStats
 
-__all__ = ["METHODS", "GradMode", "Method", "MethodEntry", "SolverConfig", "SolverStats", "fixed_point",
+__all__ = ["METHODS", "GradMode", "Method", "MethodEntry", "PureF", "SolverConfig", "SolverStats", "fixed_point",
            "jacobian_penalty", "register_method", "solve", "spectral_radius", "unregister_method"]

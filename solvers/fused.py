@@ -18,7 +18,6 @@ same functions run eagerly, with one warning.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -242,28 +241,62 @@ def _advance(spec: Spec, x: Tensor, fx: Tensor, carry: Carry) -> tuple[Tensor, C
     return x + dx, (g_new, dx, mon, state), mon["active"].sum(), trace
 
 
+@dataclass(frozen=True, eq=False)
+class PureF:
+    """f given as a pure function of the iterate and explicit tensors, f(z) = fn(z, *args), so that a fused
+    solve can trace it into its graphs: then f runs inside the one compiled call per iteration too.
+
+    fn must read nothing but its arguments (weights, caches and masks are among args), write nothing, and keep
+    one function object across solves (the compiled graphs are cached per fn and per the args' shapes)."""
+
+    fn: Callable[..., Tensor]
+    args: tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class _PureKey:
+    """What the graphs of a PureF specialise on: its function, its arguments' layout, z's shape and dtype."""
+
+    fn: Callable[..., Tensor]
+    args: tuple[tuple[torch.Size, tuple[int, ...], torch.dtype, torch.device], ...]
+    z_shape: torch.Size
+    z_dtype: torch.dtype
+
+
 class Graphs:
     """The start and advance functions of one Spec and one iterate shape, on flat tuples of tensors:
-    start(x0, fx0) and advance(x, fx, *carry) both return (x_next, active count, trace row, *carry).
+    start(x0, fx0) and advance(x, fx, *carry) both return (x_next, active count, trace row, *carry). With a
+    PureF they evaluate f themselves: start(x0, *args) and advance(x, *carry, *args).
 
     Compiled by tracing them to an ATen graph (make_fx) and compiling that with Inductor: no Dynamo frame,
     guards or recompiles per call (they cost 25 us a call on CPU, as much as the graph's work at generation
-    sizes); the cache key (Spec, shape, dtype, device) plays the guards' part. Where compiling fails, the
-    same functions run eagerly, with one warning.
+    sizes); the cache key (Spec, shapes, dtypes, device, and a PureF's function) plays the guards' part. Where
+    compiling fails, the same functions run eagerly, with one warning.
     """
 
-    def __init__(self, spec: Spec, x0: Tensor) -> None:
-        def start(x0: Tensor, fx0: Tensor) -> tuple[Tensor, ...]:
-            x, carry, active, row = _start(spec, x0, fx0)
-            return (x, active, row, *pytree.tree_leaves(carry))
-
-        def advance(x: Tensor, fx: Tensor, *leaves: Tensor) -> tuple[Tensor, ...]:
-            x, carry, active, row = _advance(spec, x, fx, pytree.tree_unflatten(list(leaves), self.layout))
-            return (x, active, row, *pytree.tree_leaves(carry))
-
+    def __init__(self, spec: Spec, x0: Tensor, pure: _PureKey | None = None,
+                 pure_args: Sequence[Tensor] = ()) -> None:
         fx0 = x0.clone()  # distinct from x0: tracing one tensor passed twice would tie the two inputs together
         example = _start(spec, x0, fx0)[1]
         self.layout = pytree.tree_structure(example)
+        n_leaves = self.layout.num_leaves
+
+        def f_of(x: Tensor, args: Sequence[Tensor]) -> Tensor:
+            return pure.fn(x.view(pure.z_shape).to(pure.z_dtype), *args).reshape(x.shape).to(x.dtype)
+
+        def start(x0: Tensor, *more: Tensor) -> tuple[Tensor, ...]:
+            fx0 = f_of(x0, more) if pure is not None else more[0]
+            x, carry, active, row = _start(spec, x0, fx0)
+            return (x, active, row, *pytree.tree_leaves(carry))
+
+        def advance(x: Tensor, *more: Tensor) -> tuple[Tensor, ...]:
+            if pure is not None:
+                leaves, fx = more[:n_leaves], f_of(x, more[n_leaves:])
+            else:
+                fx, leaves = more[0], more[1:]
+            x, carry, active, row = _advance(spec, x, fx, pytree.tree_unflatten(list(leaves), self.layout))
+            return (x, active, row, *pytree.tree_leaves(carry))
+
         self.start, self.advance, self.compiled = start, advance, False
         if not COMPILE:
             return
@@ -271,10 +304,11 @@ class Graphs:
             import torch._inductor  # here, not at import time: Inductor takes a second or more to import
             from torch.fx.experimental.proxy_tensor import make_fx
 
-            leaves = pytree.tree_leaves(example)
-            leaves = [t.clone() for t in leaves]  # distinct tensors, for the same reason
-            self.start = torch._inductor.compile(make_fx(start)(x0, fx0), [x0, fx0])
-            self.advance = torch._inductor.compile(make_fx(advance)(x0, fx0, *leaves), [x0, fx0, *leaves])
+            leaves = [t.clone() for t in pytree.tree_leaves(example)]  # distinct tensors, for the same reason
+            start_in = [x0, *pure_args] if pure is not None else [x0, fx0]
+            advance_in = [x0, *leaves, *pure_args] if pure is not None else [x0, fx0, *leaves]
+            self.start = torch._inductor.compile(make_fx(start)(*start_in), start_in)
+            self.advance = torch._inductor.compile(make_fx(advance)(*advance_in), advance_in)
             self.compiled = True
         except Exception as err:  # noqa: BLE001  any compiler failure: the eager functions compute the same
             warnings.warn(f"solvers.fused: compiling failed ({type(err).__name__}: {str(err)[:200]}); running the "
@@ -285,14 +319,25 @@ class Graphs:
         return pytree.tree_unflatten(list(leaves), self.layout)
 
 
-@functools.lru_cache(maxsize=64)
-def _graphs(spec: Spec, shape: torch.Size, dtype: torch.dtype, device: torch.device, compiled: bool) -> Graphs:
-    return Graphs(spec, torch.zeros(shape, dtype=dtype, device=device))
+_CACHE: dict[tuple, Graphs] = {}
+_CACHE_SIZE = 64
 
 
-def graphs_for(spec: Spec, x0: Tensor) -> Graphs:
-    """The (cached) graphs of spec for iterates shaped like x0."""
-    return _graphs(spec, x0.shape, x0.dtype, x0.device, COMPILE)
+def graphs_for(spec: Spec, x0: Tensor, pure: PureF | None = None, z_shape: torch.Size | None = None,
+               z_dtype: torch.dtype | None = None) -> Graphs:
+    """The (cached) graphs of spec for iterates shaped like x0 (and for pure's f, with z shaped z_shape)."""
+    key_pure = None
+    if pure is not None:
+        layout = tuple((a.shape, a.stride(), a.dtype, a.device) for a in pure.args)
+        key_pure = _PureKey(pure.fn, layout, z_shape, z_dtype)
+    key = (spec, x0.shape, x0.dtype, x0.device, COMPILE, key_pure)
+    graphs = _CACHE.get(key)
+    if graphs is None:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))  # the oldest
+        example = torch.zeros(x0.shape, dtype=x0.dtype, device=x0.device)
+        graphs = _CACHE[key] = Graphs(spec, example, key_pure, pure.args if pure is not None else ())
+    return graphs
 
 
 def spec_of(cfg, x: Tensor, system_shape: torch.Size, coupling: str) -> Spec:
@@ -305,17 +350,23 @@ def spec_of(cfg, x: Tensor, system_shape: torch.Size, coupling: str) -> Spec:
                 tiny=torch.finfo(x.dtype).tiny, trace=cfg.trace)
 
 
-def fused_solve(f: Callable[[Tensor], Tensor], x0: Tensor, cfg, system_shape: torch.Size,
-                coupling: str) -> tuple[Tensor, SolverStats]:
+def fused_solve(f: Callable[[Tensor], Tensor], x0: Tensor, cfg, system_shape: torch.Size, coupling: str,
+                pure: PureF | None = None, z_shape: torch.Size | None = None,
+                z_dtype: torch.dtype | None = None) -> tuple[Tensor, SolverStats]:
     """Solve x = f(x) for x0 laid out as (S, N) with the fused iterations; the best (independent) or last
-    (coupled) finite iterate, as (S, N), and its stats shaped by system_shape."""
-    graphs = graphs_for(spec_of(cfg, x0, system_shape, coupling), x0)
-    x, active, row, *leaves = graphs.start(x0, f(x0))
+    (coupled) finite iterate, as (S, N), and its stats shaped by system_shape. With `pure` (the same f as a
+    PureF of z shaped z_shape, dtype z_dtype) f is evaluated inside the graphs instead of by calling f."""
+    graphs = graphs_for(spec_of(cfg, x0, system_shape, coupling), x0, pure, z_shape, z_dtype)
+    args = pure.args if pure is not None else ()
+    x, active, row, *leaves = graphs.start(x0, *args) if pure is not None else graphs.start(x0, f(x0))
     nfe, trace = 1, [row] if cfg.trace else None
     for _ in range(cfg.max_iter):
         if not active.item():
             break
-        x, active, row, *leaves = graphs.advance(x, f(x), *leaves)
+        if pure is not None:
+            x, active, row, *leaves = graphs.advance(x, *leaves, *args)
+        else:
+            x, active, row, *leaves = graphs.advance(x, f(x), *leaves)
         nfe += 1
         if trace is not None:
             trace.append(row)

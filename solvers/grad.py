@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .config import REVERSED_COUPLING, SolverConfig
+from .fused import PureF
 from .solve import solve, system_layout
 from .stats import SolverStats, final_stats
 
@@ -97,7 +98,7 @@ def _unrolled(f: Fn, z0: Tensor, steps: int, cfg: SolverConfig, batch_dims: int)
 
 def fixed_point(f: Fn, z0: Tensor, forward: SolverConfig, backward: SolverConfig | None = None,
                 grad: str = "implicit", batch_dims: int = 1,
-                coupling: str = "independent") -> tuple[Tensor, SolverStats]:
+                coupling: str = "independent", pure: PureF | None = None) -> tuple[Tensor, SolverStats]:
     """Solve z* = f(z*) and return it attached to autograd.
 
     grad="implicit": z* is found without a graph; the returned tensor is f(z*), whose backward solves the
@@ -105,11 +106,12 @@ def fixed_point(f: Fn, z0: Tensor, forward: SolverConfig, backward: SolverConfig
     grad="phantom:K[:tau]": K damped steps z <- (1-tau) z + tau f(z) from z* with a graph.
     grad="unrolled:K": K plain applications of f from z0 with a graph, no solve (explicit weight-tied net).
     coupling: how systems depend on each other (see `solve`); the adjoint solve uses the transpose.
+    pure: f as a `PureF` for a fused forward solve (see `solve`).
     """
     mode = GradMode.parse(grad)
     if mode.kind == "unrolled":
         return _unrolled(f, z0, mode.steps, forward, batch_dims)
-    z_star, stats = solve(f, z0, forward, batch_dims, coupling)
+    z_star, stats = solve(f, z0, forward, batch_dims, coupling, pure)
     if not torch.is_grad_enabled():
         return z_star, stats
     if mode.kind == "phantom":

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .config import COUPLINGS, SolverConfig
-from .fused import fused_solve
+from .fused import PureF, fused_solve
 from .monitor import Monitor
 from .peer import solve_with_peer
 from .registry import build_method
@@ -59,7 +59,7 @@ def _stats(mon: Monitor, cfg: SolverConfig, system_shape: torch.Size) -> SolverS
 
 @torch.no_grad()
 def solve(f: Fn, z0: Tensor, cfg: SolverConfig, batch_dims: int = 1,
-          coupling: str = "independent") -> tuple[Tensor, SolverStats]:
+          coupling: str = "independent", pure: PureF | None = None) -> tuple[Tensor, SolverStats]:
     """Find z = f(z) from z0, without autograd.
 
     The first `batch_dims` dims of z0 index systems: norms, stopping, freezing, Broyden updates and
@@ -67,6 +67,8 @@ def solve(f: Fn, z0: Tensor, cfg: SolverConfig, batch_dims: int = 1,
     systems depend on each other along the last system dim ("independent", "causal" for f that is
     causal along it, "anticausal", "full"), which decides when a converged system may freeze.
     Returns the best (independent) or last (coupled) finite iterate of every system and its stats.
+    pure: the same f as a `PureF`, which a fused solve (cfg.fused) traces into its compiled iterations; other
+    solves ignore it and call f.
 
     Mixed precision: the solver's state (iterates, residuals, method memory) is float32 when z0 is a 16-bit
     float, f is called with z0's dtype, and f's output (bf16 under autocast) is read in the state's dtype; the
@@ -86,7 +88,7 @@ def solve(f: Fn, z0: Tensor, cfg: SolverConfig, batch_dims: int = 1,
 
     x = z0.detach().reshape(systems, size).to(work)
     if cfg.fused:
-        x, stats = fused_solve(f_flat, x, cfg, system_shape, coupling)
+        x, stats = fused_solve(f_flat, x, cfg, system_shape, coupling, pure, z0.shape, z0.dtype)
         return x.view(z0.shape).to(z0.dtype), stats
     mon = Monitor(x, cfg, system_shape, coupling)
     x, g = mon.observe(x, f_flat(x), stepped=False)

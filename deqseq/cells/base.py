@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from solvers import PureF
+
 
 def _map_tensors(obj, fn):
     """Copy of dataclass `obj` with `fn` applied to every tensor field (other fields kept as they are)."""
@@ -95,6 +97,11 @@ class Cell(nn.Module, metaclass=ABCMeta):
         self, batch_size: int, device: torch.device | str | None, dtype: torch.dtype
     ) -> History:
         """The history of a sequence start (offset 0, nothing frozen yet)."""
+
+    def pure_f(self, ctx: Context) -> PureF | None:
+        """f(., ctx) as a `solvers.PureF` (a pure function of z and explicit tensors), which a fused solve
+        compiles together with its iterations; None where the cell has none for this context (the default)."""
+        return None
 
     @property
     def readout_dim(self) -> int:

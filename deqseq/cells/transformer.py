@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
+from solvers import PureF
+
 from .base import Cell, Context, History, variational_mask
 
 
@@ -38,6 +40,44 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate x (..., T, dim) by the tables (T, dim//2): pairs are (x[i], x[i + dim//2])."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def _decode_step(static: tuple, z: Tensor, u: Tensor, cos: Tensor, sin: Tensor, k_store: Tensor, v_store: Tensor,
+                 visible: Tensor, *weights: Tensor) -> Tensor:
+    """TransformerCell.forward for one position (B, 1, d_model) against the whole key/value store
+    (B, n_heads, capacity, head_dim), of which `visible` (capacity,) marks the history rows: static shapes, no
+    writes, everything an argument (a solvers.PureF). Attention over history and the current position is one
+    softmax, computed without concatenating the store."""
+    n_heads, head_dim, norm, skip, eps = static
+    B, _, D = z.shape
+    if norm == "pre":
+        qkv_w, proj_w, proj_b, ff1_w, ff1_b, ff2_w, ff2_b, ln1_w, ln1_b, ln2_w, ln2_b, out_w, out_b = weights
+    else:
+        qkv_w, proj_w, proj_b, ff1_w, ff1_b, ff2_w, ff2_b, ln1_w, ln1_b, ln2_w, ln2_b = weights
+
+    def attention(a: Tensor) -> Tensor:
+        qkv = u + a @ qkv_w.t()  # u holds the injection and the qkv bias
+        qk = apply_rope(qkv[..., : 2 * D].reshape(B, 1, 2 * n_heads, head_dim).transpose(1, 2), cos, sin)
+        q, k = qk[:, :n_heads], qk[:, n_heads:]
+        v = qkv[..., 2 * D :].reshape(B, 1, n_heads, head_dim).transpose(1, 2)
+        scale = head_dim ** -0.5
+        past = torch.where(visible, (q @ k_store.transpose(-1, -2)) * scale, -torch.inf)  # (B, H, 1, capacity)
+        now = (q * k).sum(dim=-1, keepdim=True) * scale  # (B, H, 1, 1)
+        top = torch.maximum(past.amax(dim=-1, keepdim=True), now)
+        past, now = (past - top).exp(), (now - top).exp()
+        y = (past @ v_store + now * v) / (past.sum(dim=-1, keepdim=True) + now)
+        return F.linear(y.transpose(1, 2).reshape(B, 1, D), proj_w, proj_b)
+
+    def ffn(a: Tensor) -> Tensor:
+        return F.linear(F.gelu(F.linear(a, ff1_w, ff1_b)), ff2_w, ff2_b)
+
+    if norm == "pre":
+        y = attention(F.layer_norm(z, (D,), ln1_w, ln1_b, eps[0]))
+        h = z + y if skip else y
+        return F.layer_norm(h + ffn(F.layer_norm(h, (D,), ln2_w, ln2_b, eps[1])), (D,), out_w, out_b, eps[2])
+    y = attention(z)
+    h = F.layer_norm(z + y if skip else y, (D,), ln1_w, ln1_b, eps[0])
+    return F.layer_norm(h + ffn(h), (D,), ln2_w, ln2_b, eps[1])
 
 
 def causal_window_mask(offset: int, hist_len: int, length: int, window: int | None, device=None) -> Tensor:
@@ -120,7 +160,9 @@ class TransformerHistory(History):
                 or not self._views(store)):
             B, H, _, D = self.k.shape
             rows = max(2 * (L + new_rows), MIN_STORE_ROWS)
-            store = KVStore(self.k.new_empty(B, H, rows, D), self.v.new_empty(B, H, rows, D), frontier=L)
+            # Zeros, not uninitialised memory: a static-shape decode step (pure_f) reads every row, masked, and a
+            # masked NaN would still poison its sums.
+            store = KVStore(self.k.new_zeros(B, H, rows, D), self.v.new_zeros(B, H, rows, D), frontier=L)
             store.k[:, :, :L] = self.k
             store.v[:, :, :L] = self.v
             start = 0
@@ -219,6 +261,7 @@ class TransformerCell(Cell):
         self.dropout, self.norm, self.window, self.rope_base = dropout, norm, window, rope_base
         self.skip = 1.0 if state_skip else 0.0
         self.kv_projections = 0  # positions projected into the history so far (each frozen position once)
+        self._pure_step = None  # pure_f's function, made once
 
         self.inject = nn.Linear(d_input, 3 * d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model)
@@ -319,6 +362,28 @@ class TransformerCell(Cell):
             kv_buffer=kv_buffer,
             kv_store=kv_store,
         )
+
+    def pure_f(self, ctx: TransformerContext) -> PureF | None:
+        """For one position decoded against a key/value store without autograd (generation's steps), f as a
+        static-shape pure function of z: attention over the store's whole capacity with the history rows marked
+        visible, so that a fused solve compiles f with its iterations once per store size. None otherwise
+        (several positions, a mask, dropout, autograd, 16-bit states, autocast)."""
+        if (ctx.u.shape[1] != 1 or ctx.kv_store is None or ctx.mask is not None or ctx.causal
+                or ctx.attn_drop is not None or torch.is_grad_enabled()
+                or ctx.u.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(ctx.u.device.type)):
+            return None  # 16-bit states and autocast keep the eager cell, whose attention accumulates in float32
+        store, start = ctx.kv_store
+        rows = torch.arange(store.capacity, device=ctx.u.device)
+        visible = (rows >= start) & (rows < start + ctx.history.k.shape[2])
+        if self._pure_step is None:  # one function object per cell: the compiled graphs are cached per function
+            norms = [self.ln1, self.ln2] + ([self.ln_out] if self.ln_out is not None else [])
+            static = (self.n_heads, self.head_dim, self.norm, bool(self.skip), tuple(n.eps for n in norms))
+            self._pure_step = functools.partial(_decode_step, static)
+        weights = [self.qkv.weight, self.proj.weight, self.proj.bias, self.ff1.weight, self.ff1.bias,
+                   self.ff2.weight, self.ff2.bias, self.ln1.weight, self.ln1.bias, self.ln2.weight, self.ln2.bias]
+        if self.ln_out is not None:
+            weights += [self.ln_out.weight, self.ln_out.bias]
+        return PureF(self._pure_step, (ctx.u, ctx.cos, ctx.sin, store.k, store.v, visible, *weights))
 
     def _heads(self, t: Tensor) -> Tensor:
         """(B, T, d_model) -> (B, n_heads, T, head_dim)."""

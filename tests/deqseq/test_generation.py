@@ -461,13 +461,15 @@ def test_fused_decoding_equals_naive_re_solving(cell, monkeypatch):
     # the functions on both cells quickly; a compiled stream is tested below): the tokens of naive re-solving,
     # the eager steps' iteration counts, log-probabilities to rounding.
     monkeypatch.setattr(importlib.import_module("solvers.fused"), "COMPILE", False)
+    # The transformer's steps run its pure decode step (f inside the fused graphs), also with a window.
     model = make_model(cell)
     prompt = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(1))
-    eager = generate(model, prompt, 12, temperature=0, details=True)
-    out = generate(model, prompt, 12, temperature=0, details=True, fused=True)
-    assert torch.equal(out.ids, naive_greedy(model, prompt, 12)[0])
-    assert [s.iterations.tolist() for s in out.steps] == [s.iterations.tolist() for s in eager.steps]
-    assert (out.logprobs - eager.logprobs).abs().max().item() < 1e-9
+    for window in (None, 4):
+        eager = generate(model, prompt, 12, temperature=0, details=True, mem_len=window)
+        out = generate(model, prompt, 12, temperature=0, details=True, fused=True, mem_len=window)
+        assert torch.equal(out.ids, naive_greedy(model, prompt, 12, window=window)[0])
+        assert [s.iterations.tolist() for s in out.steps] == [s.iterations.tolist() for s in eager.steps]
+        assert (out.logprobs - eager.logprobs).abs().max().item() < 1e-9
 
 
 def test_a_compiled_fused_stream_samples_what_the_eager_one_samples():

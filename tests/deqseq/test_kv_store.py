@@ -144,3 +144,42 @@ def test_extend_history_takes_the_last_forwards_keys_only_where_they_are_the_equ
     assert (n_other, n_written) == (1, 1)
     for history in (other, written):
         assert torch.equal(history.k, fresh.k) and torch.equal(history.v, fresh.v)
+
+
+@pytest.mark.parametrize("norm, skip, window", [("pre", False, None), ("pre", True, 4), ("post", False, 3)])
+@torch.no_grad()
+def test_the_pure_decode_step_is_the_cells_forward(norm, skip, window):
+    # pure_f is f for one position against the store, as a static-shape pure function (what fused decoding
+    # compiles): it must equal the cell's forward, also for a window whose history starts inside the store.
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=VOCAB, cell="transformer", d_model=16, n_heads=2, d_ff=32, norm=norm,
+                         state_skip=skip, window=window)
+    model = DEQSequenceModel(config, SolverSettings()).double().eval()
+    cell = model.deq.cell
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(3))
+    history = model(ids[:, :6]).history
+    for t in range(6, 12):
+        ctx = cell.prepare(model.embed(ids[:, t : t + 1]), history, window=window)
+        pure = cell.pure_f(ctx)
+        assert pure is not None and pure.fn is cell.pure_f(ctx).fn  # one function object per cell
+        z = torch.randn(2, 1, 16, dtype=torch.float64)
+        torch.testing.assert_close(pure.fn(z, *pure.args), cell(z, ctx), rtol=1e-12, atol=1e-12)
+        history = cell.extend_history(ctx, cell(z, ctx))
+    assert history.start > 0 or window is None
+
+
+@torch.no_grad()
+def test_the_pure_decode_step_is_only_offered_where_it_holds():
+    model = make_model()
+    cell = model.deq.cell
+    ids = torch.randint(0, VOCAB, (1, 8), generator=torch.Generator().manual_seed(4))
+    history = model(ids[:, :6]).history
+    assert cell.pure_f(cell.prepare(model.embed(ids[:, :6]))) is None  # several positions, no store
+    assert cell.pure_f(cell.prepare(model.embed(ids[:, 6:7]), copied(history))) is not None
+    with torch.enable_grad():
+        assert cell.pure_f(cell.prepare(model.embed(ids[:, 6:7]), copied(history))) is None  # autograd
+    half = make_model().to(torch.bfloat16).deq.cell
+    bf16 = TransformerHistory(offset=6, k=history.k.to(torch.bfloat16), v=history.v.to(torch.bfloat16))
+    assert half.pure_f(half.prepare(torch.zeros(1, 1, 16, dtype=torch.bfloat16), bf16)) is None  # 16-bit
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert cell.pure_f(cell.prepare(model.embed(ids[:, 6:7]), copied(history))) is None  # autocast

@@ -136,3 +136,30 @@ def test_fused_refuses_a_built_in_name_a_user_replaced():
     finally:
         register_method("picard", original.build, default_memory=original.default_memory, replace=True)
     assert SolverConfig(method="picard", fused=True).fused
+
+
+def _tanh_step(z, weight, bias):
+    return torch.tanh(torch.einsum("sij,sj->si", weight, z) + bias)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_pure_f_runs_inside_the_fused_graphs(compiled, monkeypatch):
+    from solvers import PureF
+
+    monkeypatch.setattr(fused, "COMPILE", compiled)
+    torch.manual_seed(1)
+    weight, bias = 0.8 * torch.randn(3, 9, 9) / 3, torch.randn(3, 9)
+    calls = []
+
+    def f(z):
+        calls.append(1)
+        return _tanh_step(z, weight, bias)
+
+    cfg = SolverConfig(method="anderson", max_iter=60, tol=1e-6, fused=True)
+    z0 = torch.zeros(3, 9)
+    expected = solve(f, z0, replace(cfg, fused=False))
+    calls.clear()
+    result = solve(f, z0, cfg, pure=PureF(_tanh_step, (weight, bias)))
+    assert not calls  # f itself was never called: the graphs evaluated the pure function
+    _assert_same_solve(expected, result, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(result[0], _tanh_step(result[0], weight, bias), rtol=0, atol=1e-5)
