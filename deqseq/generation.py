@@ -386,6 +386,8 @@ def stream(
     with eval_mode(model), torch.no_grad():
         start = time.perf_counter()
         state = prefill(model, prompt_ids[:, :shortest], cond_at(cond, 0, shortest), window).select(fan_out)
+        if window is None:  # room for every position at once: a transformer's store is sized, not doubled
+            state = replace(state, history=state.history.reserve(longest + max_new_tokens))
         prompt_ids, lengths, cond = prompt_ids[fan_out], lengths[fan_out], None if cond is None else cond[fan_out]
         fed = prompt_ids[:, :shortest]  # every row's inputs so far (the repetition penalty's history)
         finished = torch.zeros(len(fed), dtype=torch.bool, device=device)

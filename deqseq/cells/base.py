@@ -48,6 +48,11 @@ class History:
         """A copy keeping the batch entries `index` in that order (to reorder beams, fan out samples)."""
         return _map_tensors(self, lambda t: t.index_select(0, index.to(t.device)))
 
+    def reserve(self, positions: int) -> History:
+        """This history with room for `positions` frozen positions in all, where its storage grows (a
+        transformer's key/value store, sized exactly instead of doubling); itself for histories of fixed size."""
+        return self
+
 
 @dataclass
 class Context:

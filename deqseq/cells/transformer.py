@@ -138,6 +138,21 @@ class TransformerHistory(History):
         """A copy keeping the batch entries `index` in that order, in new tensors (no store)."""
         return dataclasses.replace(super().select(index), store=None, start=0)
 
+    def reserve(self, positions: int) -> TransformerHistory:
+        """This history in a store of exactly `positions` rows (at least its own L + 1), so that decoding up to
+        that many positions appends in place without growing the store (fused decoding attends over the whole
+        store, so a store twice as large as needed would double that work). Itself if its store has room."""
+        L = self.k.shape[2]
+        if self.store is not None and self._views(self.store) and self.store.frontier == self.start + L \
+                and self.start + positions <= self.store.capacity:
+            return self
+        B, H, _, D = self.k.shape
+        rows = max(positions, L + 1)
+        store = KVStore(self.k.new_zeros(B, H, rows, D), self.v.new_zeros(B, H, rows, D), frontier=L)
+        store.k[:, :, :L] = self.k
+        store.v[:, :, :L] = self.v
+        return dataclasses.replace(self, k=store.k[:, :, :L], v=store.v[:, :, :L], store=store, start=0)
+
     def _views(self, store: KVStore) -> bool:
         """Whether k and v are still the store's rows from `start` (code may have replaced them)."""
         def at_start(t: Tensor, buf: Tensor) -> bool:

@@ -183,3 +183,18 @@ def test_the_pure_decode_step_is_only_offered_where_it_holds():
     assert half.pure_f(half.prepare(torch.zeros(1, 1, 16, dtype=torch.bfloat16), bf16)) is None  # 16-bit
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert cell.pure_f(cell.prepare(model.embed(ids[:, 6:7]), copied(history))) is None  # autocast
+
+
+def test_a_stream_sizes_the_store_for_all_its_positions():
+    # stream reserves prompt + max_new_tokens rows at once (without a window): one store, no doubling, so a
+    # fused decode step's attention over the store's capacity reads no more rows than the sequence will have.
+    from deqseq import stream
+
+    model = make_model()
+    prompt = torch.randint(0, VOCAB, (1, 10), generator=torch.Generator().manual_seed(6))
+    stores = set()
+    for _ in stream(model, prompt, 20, temperature=0, mem_len="all"):
+        if model.last_history.offset > 10:
+            stores.add(id(model.last_history.store))
+    assert len(stores) == 1 and model.last_history.store.capacity == 30
+    assert model.last_history.k.shape[2] == 29  # the last token is drawn, not solved
