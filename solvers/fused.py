@@ -33,6 +33,10 @@ FUSED_METHODS = ("anderson", "broyden", "picard")
 
 # Whether fused solves are compiled; tests switch it off to check the functions themselves quickly.
 COMPILE = True
+# Inductor's per-call checks of every input's size and stride cost about 10% of a decode step at generation
+# sizes. They are redundant here: the cache key holds the shapes and strides of a PureF's arguments, the carry
+# comes from the graphs themselves, and fused_solve makes x0 and f's outputs contiguous.
+INDUCTOR_OPTIONS: dict = {"size_asserts": False}
 
 
 @dataclass(frozen=True)
@@ -307,8 +311,9 @@ class Graphs:
             leaves = [t.clone() for t in pytree.tree_leaves(example)]  # distinct tensors, for the same reason
             start_in = [x0, *pure_args] if pure is not None else [x0, fx0]
             advance_in = [x0, *leaves, *pure_args] if pure is not None else [x0, fx0, *leaves]
-            self.start = torch._inductor.compile(make_fx(start)(*start_in), start_in)
-            self.advance = torch._inductor.compile(make_fx(advance)(*advance_in), advance_in)
+            with torch._inductor.config.patch(INDUCTOR_OPTIONS):
+                self.start = torch._inductor.compile(make_fx(start)(*start_in), start_in)
+                self.advance = torch._inductor.compile(make_fx(advance)(*advance_in), advance_in)
             self.compiled = True
         except Exception as err:  # noqa: BLE001  any compiler failure: the eager functions compute the same
             warnings.warn(f"solvers.fused: compiling failed ({type(err).__name__}: {str(err)[:200]}); running the "
@@ -356,9 +361,10 @@ def fused_solve(f: Callable[[Tensor], Tensor], x0: Tensor, cfg, system_shape: to
     """Solve x = f(x) for x0 laid out as (S, N) with the fused iterations; the best (independent) or last
     (coupled) finite iterate, as (S, N), and its stats shaped by system_shape. With `pure` (the same f as a
     PureF of z shaped z_shape, dtype z_dtype) f is evaluated inside the graphs instead of by calling f."""
+    x0 = x0.contiguous()  # the compiled graphs assume the layouts they were traced with (see INDUCTOR_OPTIONS)
     graphs = graphs_for(spec_of(cfg, x0, system_shape, coupling), x0, pure, z_shape, z_dtype)
     args = pure.args if pure is not None else ()
-    x, active, row, *leaves = graphs.start(x0, *args) if pure is not None else graphs.start(x0, f(x0))
+    x, active, row, *leaves = graphs.start(x0, *args) if pure is not None else graphs.start(x0, f(x0).contiguous())
     nfe, trace = 1, [row] if cfg.trace else None
     for _ in range(cfg.max_iter):
         if not active.item():
@@ -366,7 +372,7 @@ def fused_solve(f: Callable[[Tensor], Tensor], x0: Tensor, cfg, system_shape: to
         if pure is not None:
             x, active, row, *leaves = graphs.advance(x, *leaves, *args)
         else:
-            x, active, row, *leaves = graphs.advance(x, f(x), *leaves)
+            x, active, row, *leaves = graphs.advance(x, f(x).contiguous(), *leaves)
         nfe += 1
         if trace is not None:
             trace.append(row)

@@ -163,3 +163,17 @@ def test_a_pure_f_runs_inside_the_fused_graphs(compiled, monkeypatch):
     assert not calls  # f itself was never called: the graphs evaluated the pure function
     _assert_same_solve(expected, result, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(result[0], _tanh_step(result[0], weight, bias), rtol=0, atol=1e-5)
+
+
+def test_an_f_returning_another_memory_layout_is_read_correctly():
+    # The compiled graphs skip Inductor's per-call stride checks, so fused_solve hands them contiguous tensors:
+    # an f whose output is column-major (same shape, other strides) must give the eager loop's solve.
+    f0, z0, _ = tanh_map(systems=3, size=11, radius=0.8, dtype=torch.float32)
+
+    def f(z):
+        out = f0(z)
+        return out.t().contiguous().t()  # the same values, laid out column by column
+
+    assert not f(z0).is_contiguous()
+    cfg = SolverConfig(method="picard", max_iter=200, tol=1e-5)
+    _assert_same_solve(solve(f, z0, cfg), solve(f, z0, replace(cfg, fused=True)), rtol=1e-5, atol=1e-5)
