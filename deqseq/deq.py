@@ -136,6 +136,7 @@ class DEQLayer(nn.Module):
             forward = solver if solver is not None else s.forward
             pure = self.cell.pure_f(ctx) if forward.fused else None  # f compiled with the fused iterations
             z, stats = solvers.fixed_point(f, z0, forward, s.backward, s.grad, s.batch_dims, coupling, pure)
+            ctx.solved = stats.aux  # what a fused solve of the cell's PureF kept at z* (its keys and values)
             penalty = self._jacobian_penalty(f, z) if jacobian else None
             with torch.no_grad():
                 new_history = self.cell.extend_history(ctx, z.detach()).detach()

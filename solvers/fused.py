@@ -118,7 +118,7 @@ def _observe(spec: Spec, x: Tensor, fx: Tensor, mon: dict[str, Tensor] | None
     new_active = live & ~converged
     mon = dict(mon, best_x=best_x, best_res=best_res, best_abs=torch.where(better, abs_res, mon["best_abs"]),
                best_rel=torch.where(better, rel_res, mon["best_rel"]), active=new_active, converged=converged,
-               nonfinite=nonfinite, diverged=diverged)
+               nonfinite=nonfinite, diverged=diverged, better=better)
     x = torch.where(accepted[:, None], x, best_x)
     g = torch.where(new_active[:, None], g, torch.zeros((), dtype=g.dtype, device=g.device))
     return x, g, mon, torch.where(accepted, res, best_res)
@@ -255,6 +255,9 @@ class PureF:
 
     fn: Callable[..., Tensor]
     args: tuple[Tensor, ...]
+    # fn returns (f(z), *aux) with this many auxiliary tensors (first dim: the systems); a fused solve returns,
+    # in stats.aux, each one as it was at each system's returned iterate (e.g. a cell's keys of z*).
+    aux: int = 0
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,7 @@ class _PureKey:
     args: tuple[tuple[torch.Size, tuple[int, ...], torch.dtype, torch.device], ...]
     z_shape: torch.Size
     z_dtype: torch.dtype
+    aux: int
 
 
 class Graphs:
@@ -285,35 +289,47 @@ class Graphs:
         self.layout = pytree.tree_structure(example)
         n_leaves = self.layout.num_leaves
 
-        def f_of(x: Tensor, args: Sequence[Tensor]) -> Tensor:
-            return pure.fn(x.view(pure.z_shape).to(pure.z_dtype), *args).reshape(x.shape).to(x.dtype)
+        n_aux = pure.aux if pure is not None else 0
+
+        def f_of(x: Tensor, args: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+            out = pure.fn(x.view(pure.z_shape).to(pure.z_dtype), *args)
+            fx, aux = (out[0], list(out[1:])) if n_aux else (out, [])
+            return fx.reshape(x.shape).to(x.dtype), aux
+
+        def keep_best(carry: Carry, aux: Sequence[Tensor], best: Sequence[Tensor]) -> list[Tensor]:
+            better = carry[2]["better"]
+            return [torch.where(better.view(-1, *[1] * (a.dim() - 1)), a, b) for a, b in zip(aux, best, strict=True)]
 
         def start(x0: Tensor, *more: Tensor) -> tuple[Tensor, ...]:
-            fx0 = f_of(x0, more) if pure is not None else more[0]
+            fx0, aux = f_of(x0, more) if pure is not None else (more[0], [])
             x, carry, active, row = _start(spec, x0, fx0)
-            return (x, active, row, *pytree.tree_leaves(carry))
+            return (x, active, row, *pytree.tree_leaves(carry), *aux)
 
         def advance(x: Tensor, *more: Tensor) -> tuple[Tensor, ...]:
+            leaves, best = more[:n_leaves], more[n_leaves : n_leaves + n_aux]
             if pure is not None:
-                leaves, fx = more[:n_leaves], f_of(x, more[n_leaves:])
+                fx, aux = f_of(x, more[n_leaves + n_aux :])
             else:
                 fx, leaves = more[0], more[1:]
             x, carry, active, row = _advance(spec, x, fx, pytree.tree_unflatten(list(leaves), self.layout))
-            return (x, active, row, *pytree.tree_leaves(carry))
+            kept = keep_best(carry, aux, best) if n_aux else []
+            return (x, active, row, *pytree.tree_leaves(carry), *kept)
 
         self.start, self.advance, self.compiled = start, advance, False
         if not COMPILE:
             return
         try:
-            import torch._inductor  # here, not at import time: Inductor takes a second or more to import
+            from torch import _inductor  # here, not at import time: Inductor takes a second or more to import
             from torch.fx.experimental.proxy_tensor import make_fx
 
             leaves = [t.clone() for t in pytree.tree_leaves(example)]  # distinct tensors, for the same reason
             start_in = [x0, *pure_args] if pure is not None else [x0, fx0]
+            if n_aux:  # examples of the auxiliary outputs, from one eager evaluation
+                leaves += [a.clone() for a in f_of(x0, pure_args)[1]]
             advance_in = [x0, *leaves, *pure_args] if pure is not None else [x0, fx0, *leaves]
-            with torch._inductor.config.patch(INDUCTOR_OPTIONS):
-                self.start = torch._inductor.compile(make_fx(start)(*start_in), start_in)
-                self.advance = torch._inductor.compile(make_fx(advance)(*advance_in), advance_in)
+            with _inductor.config.patch(INDUCTOR_OPTIONS):
+                self.start = _inductor.compile(make_fx(start)(*start_in), start_in)
+                self.advance = _inductor.compile(make_fx(advance)(*advance_in), advance_in)
             self.compiled = True
         except Exception as err:  # noqa: BLE001  any compiler failure: the eager functions compute the same
             warnings.warn(f"solvers.fused: compiling failed ({type(err).__name__}: {str(err)[:200]}); running the "
@@ -334,7 +350,7 @@ def graphs_for(spec: Spec, x0: Tensor, pure: PureF | None = None, z_shape: torch
     key_pure = None
     if pure is not None:
         layout = tuple((a.shape, a.stride(), a.dtype, a.device) for a in pure.args)
-        key_pure = _PureKey(pure.fn, layout, z_shape, z_dtype)
+        key_pure = _PureKey(pure.fn, layout, z_shape, z_dtype, pure.aux)
     key = (spec, x0.shape, x0.dtype, x0.device, COMPILE, key_pure)
     graphs = _CACHE.get(key)
     if graphs is None:
@@ -376,12 +392,14 @@ def fused_solve(f: Callable[[Tensor], Tensor], x0: Tensor, cfg, system_shape: to
         nfe += 1
         if trace is not None:
             trace.append(row)
-    mon = graphs.carry(leaves)[2]
+    n_aux = pure.aux if pure is not None else 0
+    aux = tuple(leaves[len(leaves) - n_aux :]) if n_aux else None
+    mon = graphs.carry(leaves[: len(leaves) - n_aux])[2]
     stats = SolverStats(
         method=cfg.method, nfe=nfe, nstep=mon["nstep"].reshape(system_shape),
         abs_residual=mon["best_abs"].reshape(system_shape), rel_residual=mon["best_rel"].reshape(system_shape),
         converged=mon["converged"].reshape(system_shape), nonfinite=mon["nonfinite"].reshape(system_shape),
         diverged=mon["diverged"].reshape(system_shape),
-        trace=torch.stack(trace).reshape(-1, *system_shape) if trace is not None else None,
+        trace=torch.stack(trace).reshape(-1, *system_shape) if trace is not None else None, aux=aux,
     )
     return mon["best_x"], stats

@@ -33,6 +33,7 @@ class SolverStats:
     diverged:     the system's iterate grew past 1/sqrt(eps) times its starting scale (a failure, like nonfinite);
                   None where the solver cannot tell (a peer's solve or unrolled iterations).
     trace:        (iterations+1, *system dims) residual in the stop mode, when the config asked for it.
+    aux:          a fused solve's PureF auxiliary outputs at each system's returned iterate (None otherwise).
     backward:     the adjoint solve's stats, filled in when an implicit backward pass has run.
     """
 
@@ -46,6 +47,7 @@ class SolverStats:
     diverged: Tensor | None = None
     trace: Tensor | None = None
     backward: SolverStats | None = None
+    aux: tuple[Tensor, ...] | None = None
 
     def summary(self, prefix: str = "") -> dict[str, float]:
         """Scalar means and maxima for logging (one host sync)."""

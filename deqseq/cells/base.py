@@ -60,6 +60,9 @@ class Context:
 
     u: Tensor
     history: History
+    # What the solve's PureF (Cell.pure_f) returned besides f(z) at the equilibrium (stats.aux), for
+    # extend_history; None when the solve did not compute it.
+    solved: tuple[Tensor, ...] | None = dataclasses.field(default=None, kw_only=True)
 
 
 class Cell(nn.Module, metaclass=ABCMeta):

@@ -47,7 +47,9 @@ def _decode_step(static: tuple, z: Tensor, u: Tensor, cos: Tensor, sin: Tensor, 
     """TransformerCell.forward for one position (B, 1, d_model) against the whole key/value store
     (B, n_heads, capacity, head_dim), of which `visible` (capacity,) marks the history rows: static shapes, no
     writes, everything an argument (a solvers.PureF). Attention over history and the current position is one
-    softmax, computed without concatenating the store."""
+    softmax, computed without concatenating the store. Returns f(z) and z's rotated keys and values (B, n_heads,
+    1, head_dim), which the fused solve keeps for its equilibrium (PureF.aux), so extend_history need not
+    project them again."""
     n_heads, head_dim, norm, skip, eps = static
     B, _, D = z.shape
     if norm == "pre":
@@ -55,7 +57,7 @@ def _decode_step(static: tuple, z: Tensor, u: Tensor, cos: Tensor, sin: Tensor, 
     else:
         qkv_w, proj_w, proj_b, ff1_w, ff1_b, ff2_w, ff2_b, ln1_w, ln1_b, ln2_w, ln2_b = weights
 
-    def attention(a: Tensor) -> Tensor:
+    def attention(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         qkv = u + a @ qkv_w.t()  # u holds the injection and the qkv bias
         qk = apply_rope(qkv[..., : 2 * D].reshape(B, 1, 2 * n_heads, head_dim).transpose(1, 2), cos, sin)
         q, k = qk[:, :n_heads], qk[:, n_heads:]
@@ -66,18 +68,18 @@ def _decode_step(static: tuple, z: Tensor, u: Tensor, cos: Tensor, sin: Tensor, 
         top = torch.maximum(past.amax(dim=-1, keepdim=True), now)
         past, now = (past - top).exp(), (now - top).exp()
         y = (past @ v_store + now * v) / (past.sum(dim=-1, keepdim=True) + now)
-        return F.linear(y.transpose(1, 2).reshape(B, 1, D), proj_w, proj_b)
+        return F.linear(y.transpose(1, 2).reshape(B, 1, D), proj_w, proj_b), k, v
 
     def ffn(a: Tensor) -> Tensor:
         return F.linear(F.gelu(F.linear(a, ff1_w, ff1_b)), ff2_w, ff2_b)
 
     if norm == "pre":
-        y = attention(F.layer_norm(z, (D,), ln1_w, ln1_b, eps[0]))
+        y, k, v = attention(F.layer_norm(z, (D,), ln1_w, ln1_b, eps[0]))
         h = z + y if skip else y
-        return F.layer_norm(h + ffn(F.layer_norm(h, (D,), ln2_w, ln2_b, eps[1])), (D,), out_w, out_b, eps[2])
-    y = attention(z)
+        return F.layer_norm(h + ffn(F.layer_norm(h, (D,), ln2_w, ln2_b, eps[1])), (D,), out_w, out_b, eps[2]), k, v
+    y, k, v = attention(z)
     h = F.layer_norm(z + y if skip else y, (D,), ln1_w, ln1_b, eps[0])
-    return F.layer_norm(h + ffn(h), (D,), ln2_w, ln2_b, eps[1])
+    return F.layer_norm(h + ffn(h), (D,), ln2_w, ln2_b, eps[1]), k, v
 
 
 def causal_window_mask(offset: int, hist_len: int, length: int, window: int | None, device=None) -> Tensor:
@@ -398,7 +400,7 @@ class TransformerCell(Cell):
                    self.ff2.weight, self.ff2.bias, self.ln1.weight, self.ln1.bias, self.ln2.weight, self.ln2.bias]
         if self.ln_out is not None:
             weights += [self.ln_out.weight, self.ln_out.bias]
-        return PureF(self._pure_step, (ctx.u, ctx.cos, ctx.sin, store.k, store.v, visible, *weights))
+        return PureF(self._pure_step, (ctx.u, ctx.cos, ctx.sin, store.k, store.v, visible, *weights), aux=2)
 
     def _heads(self, t: Tensor) -> Tensor:
         """(B, T, d_model) -> (B, n_heads, T, head_dim)."""
@@ -469,6 +471,8 @@ class TransformerCell(Cell):
         self._check_frozen(ctx, z_star)
         if self._buffer_holds(ctx, z_star):
             k, v = ctx.kv_buffer  # the last forward wrote z_star's keys and values (the same products as here)
+        elif ctx.solved is not None and ctx.kv_buffer is not None and not torch.is_grad_enabled():
+            k, v = self._with_history(ctx, *ctx.solved)  # the fused solve kept z_star's keys and values
         else:
             _, k, v = self._qkv(self.ln1(z_star) if self.norm == "pre" else z_star, ctx)
             k, v = self._with_history(ctx, k, v.contiguous())

@@ -163,8 +163,12 @@ def test_the_pure_decode_step_is_the_cells_forward(norm, skip, window):
         pure = cell.pure_f(ctx)
         assert pure is not None and pure.fn is cell.pure_f(ctx).fn  # one function object per cell
         z = torch.randn(2, 1, 16, dtype=torch.float64)
-        torch.testing.assert_close(pure.fn(z, *pure.args), cell(z, ctx), rtol=1e-12, atol=1e-12)
-        history = cell.extend_history(ctx, cell(z, ctx))
+        fz, k, v = pure.fn(z, *pure.args)  # f(z) and z's keys and values (what extend_history appends for z)
+        torch.testing.assert_close(fz, cell(z, ctx), rtol=1e-12, atol=1e-12)
+        own = cell.extend_history(cell.prepare(model.embed(ids[:, t : t + 1]), copied(history), window=window), z)
+        torch.testing.assert_close(k, own.k[:, :, -1:], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(v, own.v[:, :, -1:], rtol=1e-12, atol=1e-12)
+        history = cell.extend_history(ctx, fz)
     assert history.start > 0 or window is None
 
 
@@ -198,3 +202,28 @@ def test_a_stream_sizes_the_store_for_all_its_positions():
             stores.add(id(model.last_history.store))
     assert len(stores) == 1 and model.last_history.store.capacity == 30
     assert model.last_history.k.shape[2] == 29  # the last token is drawn, not solved
+
+
+@torch.no_grad()
+def test_a_fused_decode_step_appends_the_keys_its_solve_kept(monkeypatch):
+    # The fused solve of the pure step keeps z*'s keys and values (PureF.aux); extend_history appends them
+    # without projecting z* again, and they are the keys and values projecting gives.
+    import dataclasses
+    import sys
+
+    monkeypatch.setattr(sys.modules["solvers.fused"], "COMPILE", False)
+    model = make_model()
+    fused = dataclasses.replace(model.settings.forward, fused=True)
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(7))
+    history = model(ids[:, :8]).history
+    cell = model.deq.cell
+    projections = []
+    qkv = cell._qkv
+    monkeypatch.setattr(cell, "_qkv", lambda a, ctx: projections.append(a) or qkv(a, ctx))
+    out = model(ids[:, 8:9], history=copied(history), solver=fused)
+    assert not projections
+    ctx = cell.prepare(model.embed(ids[:, 8:9]), copied(history))
+    projected = cell.extend_history(ctx, out.z)
+    assert len(projections) == 1
+    torch.testing.assert_close(out.history.k, projected.k, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.history.v, projected.v, rtol=1e-12, atol=1e-12)
