@@ -274,7 +274,8 @@ class _PureKey:
 class Graphs:
     """The start and advance functions of one Spec and one iterate shape, on flat tuples of tensors:
     start(x0, fx0) and advance(x, fx, *carry) both return (x_next, active count, trace row, *carry). With a
-    PureF they evaluate f themselves: start(x0, *args) and advance(x, *carry, *args).
+    PureF they evaluate f themselves, start(x0, *args) and advance(x, *carry, *best_aux, *args), and both also
+    return the PureF's auxiliary outputs at each system's best iterate (best_aux) after the carry.
 
     Compiled by tracing them to an ATen graph (make_fx) and compiling that with Inductor: no Dynamo frame,
     guards or recompiles per call (they cost 25 us a call on CPU, as much as the graph's work at generation
@@ -306,14 +307,13 @@ class Graphs:
             return (x, active, row, *pytree.tree_leaves(carry), *aux)
 
         def advance(x: Tensor, *more: Tensor) -> tuple[Tensor, ...]:
-            leaves, best = more[:n_leaves], more[n_leaves : n_leaves + n_aux]
             if pure is not None:
-                fx, aux = f_of(x, more[n_leaves + n_aux :])
+                leaves, best, args = more[:n_leaves], more[n_leaves : n_leaves + n_aux], more[n_leaves + n_aux :]
+                fx, aux = f_of(x, args)
             else:
-                fx, leaves = more[0], more[1:]
+                fx, leaves, best, aux = more[0], more[1:], (), []
             x, carry, active, row = _advance(spec, x, fx, pytree.tree_unflatten(list(leaves), self.layout))
-            kept = keep_best(carry, aux, best) if n_aux else []
-            return (x, active, row, *pytree.tree_leaves(carry), *kept)
+            return (x, active, row, *pytree.tree_leaves(carry), *keep_best(carry, aux, best))
 
         self.start, self.advance, self.compiled = start, advance, False
         if not COMPILE:
