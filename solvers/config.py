@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .fused import FUSED_METHODS
 from .registry import PEER_PREFIX, lookup
 
 STOP_MODES = ("rel", "abs")
 MEMORY_POLICIES = ("restart", "ring")
 # How systems depend on each other along the last system dim, which decides when one may freeze.
 COUPLINGS = ("independent", "causal", "anticausal", "full")
+# The methods solvers/fused.py has branch-free forms of (SolverConfig.fused).
+FUSED_METHODS = ("anderson", "broyden", "picard")
 REVERSED_COUPLING = {"independent": "independent", "causal": "anticausal", "anticausal": "causal", "full": "full"}
 
 
@@ -81,10 +82,11 @@ class SolverConfig:
                              f"allowed: {', '.join(MEMORY_POLICIES)}")
         if self.ridge is not None and not self.ridge >= 0:
             raise ValueError(f"SolverConfig.ridge={self.ridge!r} must be >= 0 (or None)")
-        if self.fused and (self.method not in FUSED_METHODS or self.line_search or not _built_in(self.method)):
+        replaced = self.method in FUSED_METHODS and not _built_in(self.method)
+        if self.fused and (self.method not in FUSED_METHODS or self.line_search or replaced):
             raise ValueError(f"SolverConfig.fused=True runs the built-in methods {', '.join(FUSED_METHODS)} without "
                              f"line search, not method={self.method!r} with line_search={self.line_search}"
-                             + ("" if _built_in(self.method) else " (replaced with register_method)"))
+                             + (" (replaced with register_method)" if replaced else ""))
         if not self.eps > 0:
             raise ValueError(f"SolverConfig.eps={self.eps!r} must be > 0")
 

@@ -27,9 +27,8 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor
 
-from .stats import SolverStats
-
-FUSED_METHODS = ("anderson", "broyden", "picard")
+from .monitor import settled_prefix
+from .stats import SolverStats, residual_norms
 
 # Whether fused solves are compiled; tests switch it off to check the functions themselves quickly.
 COMPILE = True
@@ -59,24 +58,6 @@ class Spec:
     trace: bool
 
 
-# The monitor's state, in this order (the names of solvers.monitor.Monitor's attributes).
-MONITOR = ("best_x", "best_res", "best_abs", "best_rel", "active", "converged", "nonfinite", "diverged", "nstep",
-           "g_half", "f_twice", "limit")
-
-
-def _settled_prefix(done: Tensor, spec: Spec) -> Tensor:
-    """Which systems have every system they depend on settled (as the Monitor's rule)."""
-    if spec.coupling == "full":
-        return done.all().expand_as(done)
-    grid = done.view(spec.system_shape).to(torch.uint8)
-    if spec.coupling == "anticausal":
-        grid = grid.flip(-1)
-    settled = grid.cummin(dim=-1).values
-    if spec.coupling == "anticausal":
-        settled = settled.flip(-1)
-    return settled.reshape(-1).bool()
-
-
 def _observe(spec: Spec, x: Tensor, fx: Tensor, mon: dict[str, Tensor] | None
              ) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
     """Monitor.observe without its fast paths: (x reset where it failed, g zeroed where frozen, the new monitor
@@ -84,7 +65,7 @@ def _observe(spec: Spec, x: Tensor, fx: Tensor, mon: dict[str, Tensor] | None
     g = fx - x
     gnorm = torch.linalg.vector_norm(g, dim=1)
     fnorm = torch.linalg.vector_norm(fx, dim=1)
-    abs_res, rel_res = gnorm / math.sqrt(spec.size), gnorm / (fnorm + spec.eps)
+    abs_res, rel_res = residual_norms(gnorm, fnorm, spec.size, spec.eps)
     res = rel_res if spec.stop == "rel" else abs_res
     finite = (rel_res - rel_res) + (abs_res - abs_res) == 0
     xnorm = torch.linalg.vector_norm(x, dim=1)
@@ -112,7 +93,7 @@ def _observe(spec: Spec, x: Tensor, fx: Tensor, mon: dict[str, Tensor] | None
     nonfinite = mon["nonfinite"] | (active & ~finite)
     diverged = mon["diverged"] | (active & diverging)
     if spec.coupling != "independent":
-        converged = converged & _settled_prefix(converged | nonfinite | diverged, spec)
+        converged = converged & settled_prefix(converged | nonfinite | diverged, spec.system_shape, spec.coupling)
     best_res = torch.where(better, res, mon["best_res"])
     best_x = torch.where(better[:, None], x, mon["best_x"])
     new_active = live & ~converged

@@ -11,7 +11,7 @@ from .config import SolverConfig
 from .stats import residual_norms
 
 
-def _settled_prefix(done: Tensor, shape: torch.Size, coupling: str) -> Tensor:
+def settled_prefix(done: Tensor, shape: tuple[int, ...], coupling: str) -> Tensor:
     """Which systems have every system they depend on (themselves included) settled."""
     if coupling == "full":
         return done.all().expand_as(done)
@@ -111,7 +111,7 @@ class Monitor:
         self.diverged |= self.active & diverging
         if self.coupling != "independent":
             failed = self.nonfinite | self.diverged
-            converged &= _settled_prefix(converged | failed, self.system_shape, self.coupling)
+            converged &= settled_prefix(converged | failed, self.system_shape, self.coupling)
         self.converged = converged
         self.active = live & ~converged
         if self.trace is not None:

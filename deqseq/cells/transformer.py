@@ -145,15 +145,28 @@ class TransformerHistory(History):
         that many positions appends in place without growing the store (fused decoding attends over the whole
         store, so a store twice as large as needed would double that work). Itself if its store has room."""
         L = self.k.shape[2]
-        if self.store is not None and self._views(self.store) and self.store.frontier == self.start + L \
-                and self.start + positions <= self.store.capacity:
+        if self._appendable(positions - L):
             return self
-        B, H, _, D = self.k.shape
-        rows = max(positions, L + 1)
+        store = self._copied(max(positions, L + 1))
+        return dataclasses.replace(self, k=store.k[:, :, :L], v=store.v[:, :, :L], store=store, start=0)
+
+    def _appendable(self, new_rows: int) -> bool:
+        """Whether new_rows positions can follow this history in its own store: it is still the store's rows
+        from `start`, ends at the store's frontier, and the store has room."""
+        L = self.k.shape[2]
+        store = self.store
+        return (store is not None and store.frontier == self.start + L
+                and self.start + L + new_rows <= store.capacity and self._views(store))
+
+    def _copied(self, rows: int) -> KVStore:
+        """A new store of `rows` rows whose first L hold this history (frontier L). Zeros, not uninitialised
+        memory: a static-shape decode step (pure_f) reads every row, masked, and a masked NaN would still
+        poison its sums."""
+        B, H, L, D = self.k.shape
         store = KVStore(self.k.new_zeros(B, H, rows, D), self.v.new_zeros(B, H, rows, D), frontier=L)
         store.k[:, :, :L] = self.k
         store.v[:, :, :L] = self.v
-        return dataclasses.replace(self, k=store.k[:, :, :L], v=store.v[:, :, :L], store=store, start=0)
+        return store
 
     def _views(self, store: KVStore) -> bool:
         """Whether k and v are still the store's rows from `start` (code may have replaced them)."""
@@ -173,16 +186,8 @@ class TransformerHistory(History):
         """
         L = self.k.shape[2]
         store, start = self.store, self.start
-        if (store is None or store.frontier != start + L or start + L + new_rows > store.capacity
-                or not self._views(store)):
-            B, H, _, D = self.k.shape
-            rows = max(2 * (L + new_rows), MIN_STORE_ROWS)
-            # Zeros, not uninitialised memory: a static-shape decode step (pure_f) reads every row, masked, and a
-            # masked NaN would still poison its sums.
-            store = KVStore(self.k.new_zeros(B, H, rows, D), self.v.new_zeros(B, H, rows, D), frontier=L)
-            store.k[:, :, :L] = self.k
-            store.v[:, :, :L] = self.v
-            start = 0
+        if not self._appendable(new_rows):
+            store, start = self._copied(max(2 * (L + new_rows), MIN_STORE_ROWS)), 0
         store.frontier = start + L + new_rows
         return store, start
 
@@ -477,7 +482,7 @@ class TransformerCell(Cell):
             _, k, v = self._qkv(self.ln1(z_star) if self.norm == "pre" else z_star, ctx)
             k, v = self._with_history(ctx, k, v.contiguous())
         in_store = ctx.kv_store is not None and ctx.kv_buffer is not None and not torch.is_grad_enabled()
-        ctx.kv_buffer = ctx.kv_of = None  # the buffer now belongs to the returned history: no later writes
+        ctx.kv_buffer = ctx.kv_of = ctx.solved = None  # the buffer now belongs to the returned history
         self.kv_projections += T
         drop = 0 if ctx.window is None else max(0, k.shape[2] - ctx.window)
         k, v = k[:, :, drop:], v[:, :, drop:]
